@@ -1,0 +1,110 @@
+"""Batched generation (left padding + attention mask, KV cache), base or clamped, streamed per prompt.
+
+Greedy by default; seeded sampling on request. Hooks (the clamp, a replayed δ) stay attached for the whole
+prompt pass and every generated token: with a KV cache each forward call after the first carries exactly one
+new position, which is how a hook tells a generated token from the prompt.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+from engine.clamp import ClampSpec, Hook, clamped
+from engine.errors import LabError
+from engine.models import Batch, LoadedModel
+
+HookFactory = Callable[[list[int], Batch], Sequence[Hook]]
+"""Given the prompt indices of a batch and its tokens, the extra hooks to attach (e.g. a δ to replay)."""
+
+
+@dataclass
+class GenerationConfig:
+    """How to decode."""
+
+    max_new_tokens: int = 64
+    """Answer length cap in tokens."""
+    batch_size: int = 8
+    """Prompts per forward pass."""
+    do_sample: bool = False
+    """Greedy (False) or sampling (True)."""
+    temperature: float = 1.0
+    """Sampling temperature (ignored when greedy)."""
+    seed: int = 0
+    """Seed of the sampling generator (the same seed gives the same texts)."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise LabError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise LabError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.do_sample and not self.temperature > 0:
+            raise LabError(f"temperature must be positive, got {self.temperature}")
+
+
+@dataclass
+class Generated:
+    """One prompt's answer."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+
+
+def prompt_ids(lm: LoadedModel, instructions: Sequence[str]) -> list[list[int]]:
+    """Chat-formatted token ids, one list per instruction."""
+    return [lm.encode(lm.chat_prompt(p)) for p in instructions]
+
+
+def generate(
+    lm: LoadedModel,
+    instructions: Sequence[str],
+    config: GenerationConfig | None = None,
+    specs: Sequence[ClampSpec] = (),
+    extra_hooks: HookFactory | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[Generated]:
+    """Answer each instruction, with the clamps in ``specs`` active throughout; yields in prompt order."""
+    cfg = config or GenerationConfig()
+    ids = prompt_ids(lm, instructions)
+    stop = torch.tensor(sorted(lm.stop_ids), device=lm.device)
+    for start in range(0, len(ids), cfg.batch_size):
+        if cancel is not None and cancel.is_set():
+            return
+        rows = list(range(start, min(start + cfg.batch_size, len(ids))))
+        batch = lm.batch([ids[i] for i in rows])
+        hooks = extra_hooks(rows, batch) if extra_hooks else ()
+        gen = torch.Generator(device=lm.device).manual_seed(cfg.seed + start)
+        with clamped(lm, specs, hooks), torch.no_grad():
+            out = _decode_batch(lm, batch, cfg, stop, gen)
+        for row, toks in zip(rows, out):
+            yield Generated(index=row, text=lm.decode(toks), token_ids=toks)
+
+
+def _decode_batch(lm: LoadedModel, batch: Batch, cfg: GenerationConfig, stop: torch.Tensor, gen: torch.Generator) -> list[list[int]]:
+    model = lm.model
+    n = batch.tokens.shape[0]
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, lm.device, n)
+    logits = model(batch.tokens, attention_mask=batch.attention_mask, past_kv_cache=cache)[:, -1]  # [batch, d_vocab]
+    done = torch.zeros(n, dtype=torch.bool, device=lm.device)
+    answers: list[list[int]] = [[] for _ in range(n)]
+    ones = torch.ones((n, 1), dtype=torch.long, device=lm.device)
+    for step in range(cfg.max_new_tokens):
+        if cfg.do_sample:
+            probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        else:
+            nxt = logits.argmax(dim=-1)
+        is_stop = torch.isin(nxt, stop)
+        for i in range(n):
+            if not done[i] and not is_stop[i]:
+                answers[i].append(int(nxt[i]))
+        done |= is_stop
+        if bool(done.all()) or step == cfg.max_new_tokens - 1:
+            break
+        logits = model(nxt[:, None], attention_mask=ones, past_kv_cache=cache)[:, -1]
+    return answers
