@@ -12,10 +12,12 @@ Three sources:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +171,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto") -> LoadedModel:
         raise HubUnreachableError(
             f"cannot load {official!r}: the model hub (huggingface.co) is unreachable; use --model default, which works offline"
         )
-    model = HookedTransformer.from_pretrained(official, device=str(dev))
+    # TransformerLens prints progress on stdout; keep stdout clean for the CLI's JSON.
+    with contextlib.redirect_stdout(sys.stderr):
+        model = HookedTransformer.from_pretrained(official, device=str(dev))
     accelerate(model)
     model.eval()
     return LoadedModel(name=official, model=model, tokenizer=model.tokenizer, device=dev)
@@ -239,7 +243,7 @@ def _load_default(device: torch.device) -> LoadedModel:
             cfg = _default_cfg(meta["hf_config"], device, normalization="RMSPre")
             model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
             model.load_state_dict(load_file(cached / "model.safetensors"), strict=False)
-            model.to(device)
+            model.to(device, print_details=False)
             accelerate(model)
             model.eval()
             logger.info("loaded default model from cache %s", cached)
@@ -285,7 +289,7 @@ def _convert_default(src: Path, cached: Path, stamp: dict, device: torch.device)
 
         shutil.rmtree(cached)
     tmp.rename(cached)
-    model.to(device)
+    model.to(device, print_details=False)
     accelerate(model)
     model.eval()
     return LoadedModel(name=DEFAULT_MODEL_ID, model=model, tokenizer=tokenizer, device=device)

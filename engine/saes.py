@@ -6,6 +6,7 @@ own hook so that the reconstruction error carries gradient.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,11 +92,27 @@ def registry_saes(model_name: str | None = None) -> list[dict]:
     return rows
 
 
+@functools.lru_cache(maxsize=None)
+def _canonical(name: str) -> str:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        return get_official_model_name(name).lower()
+    except ValueError:
+        return name.lower()
+
+
 def _same_model(registry_model: str, model_name: str) -> bool:
-    a, b = registry_model.lower(), model_name.lower()
-    if b in {m.lower() for m in _DEFAULT_MODEL_ALIASES} or b == "default":
-        return a in {m.lower() for m in _DEFAULT_MODEL_ALIASES}
-    return a == b or a.split("/")[-1] == b.split("/")[-1]
+    """Whether an SAE trained on ``registry_model`` fits ``model_name``.
+
+    An instruction-tuned ``…-it`` model also accepts SAEs of its base model: that is how the paper uses
+    Gemma Scope (trained on gemma-2-2b) with gemma-2-2b-it.
+    """
+    default_names = {m.lower() for m in _DEFAULT_MODEL_ALIASES}
+    if model_name.lower() in default_names or model_name == "default":
+        return registry_model.lower() in default_names
+    reg, mod = _canonical(registry_model), _canonical(model_name)
+    return reg == mod or (mod.endswith("-it") and reg == mod[: -len("-it")])
 
 
 def default_sae_names() -> list[str]:

@@ -62,7 +62,8 @@ def tiny_model(seed: int = 0, n_layers: int = 4, d_model: int = 32, device: torc
         init_weights=True,
         initializer_range=0.2,  # large random weights make generations vary with the input
     )
-    model = HookedTransformer(cfg)
+    model = HookedTransformer(cfg, move_to_device=False)
+    model.to(device, print_details=False)
     accelerate(model)
     model.tokenizer = tokenizer  # set directly: TransformerLens' set_tokenizer re-loads tokenizers by hub name
     model.eval()
