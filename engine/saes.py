@@ -92,7 +92,7 @@ def registry_saes(model_name: str | None = None) -> list[dict]:
     return rows
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _canonical(name: str) -> str:
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
