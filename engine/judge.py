@@ -152,7 +152,9 @@ def jaccard(a: str, b: str) -> float:
 
 
 def difflib_ratio(a: str, b: str) -> float:
-    return difflib.SequenceMatcher(None, a, b).ratio()
+    """difflib's ratio over word sequences. Over raw characters, unrelated English texts already score ≈ 0.3
+    (shared letters and spaces), which would make the 0.25 threshold meaningless."""
+    return difflib.SequenceMatcher(None, words(a), words(b), autojunk=False).ratio()
 
 
 def _find_all(text: str, phrase: str) -> list[tuple[int, int]]:
