@@ -67,10 +67,14 @@ def generate(
     specs: Sequence[ClampSpec] = (),
     extra_hooks: HookFactory | None = None,
     cancel: threading.Event | None = None,
+    token_ids: Sequence[list[int]] | None = None,
 ) -> Iterator[Generated]:
-    """Answer each instruction, with the clamps in ``specs`` active throughout; yields in prompt order."""
+    """Answer each instruction, with the clamps in ``specs`` active throughout; yields in prompt order.
+
+    ``token_ids`` replaces the chat-formatted instructions with ready token lists (e.g. with soft-token slots).
+    """
     cfg = config or GenerationConfig()
-    ids = prompt_ids(lm, instructions)
+    ids = [list(t) for t in token_ids] if token_ids is not None else prompt_ids(lm, instructions)
     stop = torch.tensor(sorted(lm.stop_ids), device=lm.device)
     for start in range(0, len(ids), cfg.batch_size):
         if cancel is not None and cancel.is_set():

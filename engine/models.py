@@ -86,6 +86,10 @@ class LoadedModel:
             ids = [self.tokenizer.bos_token_id, *ids]  # type: ignore[attr-defined]
         return list(ids)
 
+    def encode_answer(self, text: str) -> list[int]:
+        """Token ids of an answer continuing a chat prompt (no BOS, no special tokens)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+
     def batch(self, sequences: list[list[int]]) -> Batch:
         """Left-pad token lists into one batch (pad id is irrelevant: it is masked)."""
         width = max(len(s) for s in sequences)

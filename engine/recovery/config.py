@@ -1,0 +1,136 @@
+"""Settings, per-step events and per-prompt results of recovery."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from engine.errors import LabError
+
+Projection = Literal["encoder", "none", "jacobian"]
+Method = Literal["delta", "soft-suffix"]
+Where = Literal["prompt", "prompt+gen"]
+BudgetKind = Literal["per_position", "matrix"]
+
+
+@dataclass
+class RecoveryConfig:
+    """How δ is optimised. Defaults are the ones documented in docs/RECOVERY.md."""
+
+    projection: Projection = "encoder"
+    """``encoder``: δ ⟂ W_enc[:, S]; ``none``: unconstrained baseline; ``jacobian``: δ at an earlier layer, ⟂ rows of ∂z_S/∂h."""
+    method: Method = "delta"
+    """``delta``: a residual perturbation; ``soft-suffix``: optimise k appended soft-token embeddings instead."""
+    where: Where = "prompt+gen"
+    """``prompt``: one row per prompt position; ``prompt+gen``: plus one shared row at every answer position."""
+    budget: float = 40.0
+    """Norm bound of δ (see ``budget_kind``/``budget_relative``); the paper's main refusal runs use 40."""
+    budget_kind: BudgetKind = "per_position"
+    """``per_position``: every row ‖δ_t‖ ≤ B; ``matrix``: ‖δ‖_F ≤ B over all rows."""
+    budget_relative: bool = False
+    """True: B is a fraction of the median residual norm at the δ layer (position 0 excluded); False: absolute."""
+    steps: int = 60
+    """Optimisation steps in total (boundary + answer stage)."""
+    boundary_steps: int = 0
+    """Steps of the boundary stage (reward a non-refusal first token) before the answer stage."""
+    lr: float = 0.1
+    """Adam learning rate (the paper uses 0.03–0.1)."""
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    """Learning-rate schedule over the steps."""
+    answer_weight: float = 5.0
+    """Weight of the answer log-likelihood term in the answer stage."""
+    answer_tokens: int = 48
+    """How many tokens of the base model's answer are teacher-forced."""
+    drift_threshold: float = 0.05
+    """The best δ (lowest loss) is kept only among steps whose drift is at most this."""
+    delta_layer: int | None = None
+    """Layer whose resid_post carries δ (default: the clamp's layer; ``jacobian`` defaults to two layers lower)."""
+    n_probes: int = 16
+    """``jacobian``: random probes per estimate of the row space of ∂z_S/∂h."""
+    probe_every: int = 10
+    """``jacobian``: re-estimate the row space every this many steps."""
+    correction_steps: int = 5
+    """``jacobian``: drift-correcting gradient steps after the main loop."""
+    suffix_tokens: int = 8
+    """``soft-suffix``: number of soft tokens appended to the instruction."""
+    batch_size: int = 4
+    """Prompts optimised together (results equal one-by-one runs)."""
+    max_new_tokens: int = 64
+    """Length of the recovered generation."""
+    seed: int = 0
+    """Seed of δ's initialisation and of the Jacobian probes."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype on GPU (CPU always float32)."""
+    extra: dict = field(default_factory=dict)
+    """Free-form notes saved with the run."""
+
+    def __post_init__(self) -> None:
+        if self.projection not in ("encoder", "none", "jacobian"):
+            raise LabError(f"unknown projection {self.projection!r}; choose encoder, none or jacobian")
+        if self.method not in ("delta", "soft-suffix"):
+            raise LabError(f"unknown method {self.method!r}; choose delta or soft-suffix")
+        if self.where not in ("prompt", "prompt+gen"):
+            raise LabError(f"unknown --where {self.where!r}; choose prompt or prompt+gen")
+        if self.budget_kind not in ("per_position", "matrix"):
+            raise LabError(f"unknown budget kind {self.budget_kind!r}; choose per_position or matrix")
+        if not (isinstance(self.budget, int | float) and math.isfinite(self.budget)) or self.budget <= 0:
+            raise LabError(f"budget must be a positive finite number, got {self.budget}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise LabError(f"learning rate must be a positive finite number, got {self.lr}")
+        if self.steps < 1:
+            raise LabError(f"steps must be at least 1, got {self.steps}")
+        if not 0 <= self.boundary_steps <= self.steps:
+            raise LabError(f"boundary steps must be between 0 and steps ({self.steps}), got {self.boundary_steps}")
+        for name in ("answer_tokens", "batch_size", "max_new_tokens", "n_probes", "probe_every", "suffix_tokens"):
+            if getattr(self, name) < 1:
+                raise LabError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> RecoveryConfig:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class StepEvent:
+    """One optimisation step of one prompt (for live charts)."""
+
+    step: int
+    prompt_id: int
+    loss: float
+    drift: float
+    floor_violation: float
+    delta_norm: float
+    stage: str
+
+
+@dataclass
+class PromptResult:
+    """Recovery of one valid flip (DESIGN §5 ``recovery.jsonl``)."""
+
+    id: int
+    prompt: str
+    base_text: str
+    clamped_text: str
+    recovered_text: str
+    non_refusal: bool
+    base_like: bool
+    strict_base_like: bool
+    degenerate: bool
+    drift: float
+    floor_violation: float
+    delta_rel_norm: float
+    delta_norm: float
+    budget_abs: float
+    best_step: int
+    base_logprob_def: float
+    base_logprob_rec: float
+    loss_history: list[float]
+    drift_history: list[float]
+    reasons: list
+
+    def to_json(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,75 @@
+r"""Recovery metrics (DESIGN §2).
+
+With Z the defended features' activations stacked over the pooled positions (rows) and the clamped
+features S (columns), at every clamp layer at or above δ's layer:
+
+* drift = ‖Z_rec − Z_def‖_F / (‖Z_def‖_F + ε)
+* floor violation = ‖[Z_def − Z_rec]₊‖_F / (‖Z_def‖_F + ε)
+* relative δ norm = ‖δ‖_F / ‖h_def‖_F over the perturbed positions (position 0 never counts)
+
+Rates carry Wilson 95 % intervals.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+EPS = 1e-8
+
+
+def drift(z_rec: torch.Tensor, z_def: torch.Tensor) -> torch.Tensor:
+    """Per-prompt drift; inputs ``[batch, rows, |S|]`` with padded rows zero in both."""
+    num = (z_rec - z_def).flatten(1).norm(dim=1)
+    return num / (z_def.flatten(1).norm(dim=1) + EPS)
+
+
+def floor_violation(z_rec: torch.Tensor, z_def: torch.Tensor) -> torch.Tensor:
+    """Per-prompt share of the defended activation that recovery pushed below its defended value."""
+    num = (z_def - z_rec).clamp_min(0).flatten(1).norm(dim=1)
+    return num / (z_def.flatten(1).norm(dim=1) + EPS)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (0, 0 when n = 0)."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def rate(k: int, n: int) -> dict:
+    lo, hi = wilson(k, n)
+    return {"k": k, "n": n, "rate": k / n if n else 0.0, "ci95": [lo, hi]}
+
+
+def summarize(results: list[dict], config: dict | None = None) -> dict:
+    """``recovery_summary.json`` from per-prompt records."""
+    n = len(results)
+
+    def count(key: str) -> int:
+        return sum(bool(r[key]) for r in results)
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in results) / n if n else 0.0
+
+    return {
+        "n_valid": n,
+        "non_refusal_recovery": count("non_refusal") / n if n else 0.0,
+        "base_like_recovery": count("base_like") / n if n else 0.0,
+        "strict_base_like_recovery": count("strict_base_like") / n if n else 0.0,
+        "mean_drift": mean("drift"),
+        "max_drift": max((r["drift"] for r in results), default=0.0),
+        "mean_floor_violation": mean("floor_violation"),
+        "mean_delta_rel_norm": mean("delta_rel_norm"),
+        "ci": {
+            "non_refusal": rate(count("non_refusal"), n),
+            "base_like": rate(count("base_like"), n),
+            "strict_base_like": rate(count("strict_base_like"), n),
+        },
+        "config": config or {},
+    }

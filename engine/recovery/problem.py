@@ -1,0 +1,121 @@
+"""The teacher-forced recovery problem for a batch of valid flips, with the layers below δ run once.
+
+Sequence per prompt: ``prompt ‖ answer[:-1]`` where ``answer`` is the first ``answer_tokens`` tokens of the base
+model's own answer; the logits at the last prompt position and at each answer position predict ``answer``.
+Layers 0..ℓ do not depend on δ, so h(ℓ) (with every clamp at or below ℓ applied) is computed once here; each
+optimisation step runs only blocks ℓ+1..L−1, and the unembedding only at the answer-predicting positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from engine.clamp import ClampSpec, clamped
+from engine.errors import LabError
+from engine.models import LoadedModel
+from engine.saes import hook_layer
+
+
+@dataclass
+class Problem:
+    """Tensors of one batch; masks are ``[batch, pos]`` booleans over the left-padded sequence."""
+
+    ids: list[int]
+    """Flip ids of the rows."""
+    tokens: torch.Tensor  # [batch, pos]
+    attention_mask: torch.Tensor  # [batch, pos]
+    prompt_rows: torch.Tensor  # [batch, pos] positions δ may perturb (prompt, sink excluded)
+    answer_rows: torch.Tensor  # [batch, pos] answer positions (the shared generation row acts here)
+    pooled: torch.Tensor  # [batch, pos] positions pooled by the metrics (all real tokens but the sink)
+    targets: torch.Tensor  # [batch, pos] next-token targets, -100 where none
+    first_target: torch.Tensor  # [batch] position predicting the answer's first token
+    prompt_lens: list[int]
+    h_def: torch.Tensor  # [batch, pos, d_model] defended resid_post at the δ layer
+    delta_layer: int
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        return self.targets >= 0
+
+
+def delta_hook(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def default_delta_layer(specs: Sequence[ClampSpec], projection: str) -> int:
+    """The clamp's own layer (resid_post ℓ, or ℓ−1 for a resid_pre ℓ hook); ``jacobian``: five layers lower."""
+    layers = []
+    for s in specs:
+        layer = hook_layer(s.hook_name)
+        layers.append(layer - 1 if s.hook_name.endswith("hook_resid_pre") else layer)
+    base = min(layers)
+    if projection == "jacobian":
+        return max(0, base - 5)
+    return base
+
+
+def build_problem(lm: LoadedModel, specs: Sequence[ClampSpec], flips: Sequence[dict], answer_tokens: int, delta_layer: int) -> Problem:
+    """Tokenise, left-pad and run the prefix (blocks 0..δ layer, clamps applied) without gradients."""
+    if not 0 <= delta_layer < lm.n_layers:
+        raise LabError(f"delta layer {delta_layer} is outside the model's 0..{lm.n_layers - 1}")
+    seqs, prompt_lens, answers = [], [], []
+    for f in flips:
+        prompt = lm.encode(lm.chat_prompt(f["prompt"]))
+        answer = lm.encode_answer(f["base_text"])[:answer_tokens]
+        if not answer:
+            raise LabError(f"flip {f['id']} has an empty base answer; nothing to recover towards")
+        seqs.append(prompt + answer[:-1])
+        prompt_lens.append(len(prompt))
+        answers.append(answer)
+    batch = lm.batch(seqs)
+    n, width = batch.tokens.shape
+    dev = lm.device
+    prompt_rows = torch.zeros((n, width), dtype=torch.bool, device=dev)
+    answer_rows = torch.zeros_like(prompt_rows)
+    pooled = torch.zeros_like(prompt_rows)
+    targets = torch.full((n, width), -100, dtype=torch.long, device=dev)
+    first_target = torch.zeros(n, dtype=torch.long, device=dev)
+    for b, (seq, p_len, answer) in enumerate(zip(seqs, prompt_lens, answers)):
+        pad = width - len(seq)
+        prompt_rows[b, pad + 1 : pad + p_len] = True
+        answer_rows[b, pad + p_len :] = True
+        pooled[b, pad + 1 :] = True
+        # the last prompt position predicts answer[0], answer position k predicts answer[k + 1]
+        targets[b, pad + p_len - 1 : pad + p_len - 1 + len(answer)] = torch.tensor(answer, device=dev)
+        first_target[b] = pad + p_len - 1
+    with clamped(lm, [s for s in specs if _fires_by(s, delta_layer)]), torch.no_grad():
+        h_def = lm.model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=delta_layer + 1)
+    return Problem([int(f["id"]) for f in flips], batch.tokens, batch.attention_mask, prompt_rows, answer_rows, pooled,
+                   targets, first_target, prompt_lens, h_def.detach(), delta_layer)
+
+
+def _fires_by(spec: ClampSpec, layer: int) -> bool:
+    """Whether a clamp's hook runs inside blocks 0..layer (so it belongs to the cached prefix)."""
+    hl = hook_layer(spec.hook_name)
+    return hl < layer or (hl == layer and not spec.hook_name.endswith("hook_resid_pre"))
+
+
+def split_specs(specs: Sequence[ClampSpec], delta_layer: int) -> tuple[list[ClampSpec], list[ClampSpec]]:
+    """(clamps inside the prefix, clamps that fire while the suffix blocks run)."""
+    prefix = [s for s in specs if _fires_by(s, delta_layer)]
+    return prefix, [s for s in specs if s not in prefix]
+
+
+def run_suffix(lm: LoadedModel, problem: Problem, resid: torch.Tensor) -> torch.Tensor:
+    """Blocks δ_layer+1..L−1 on ``resid``, then log-probs at the answer-predicting positions only.
+
+    Returns ``[batch, pos]`` log-probabilities of the targets (0 where there is no target). Hooks attached by the
+    caller (clamps and probes at later layers) fire as the blocks run.
+    """
+    model = lm.model
+    for block in model.blocks[problem.delta_layer + 1 :]:
+        resid = block(resid, attention_mask=problem.attention_mask)  # [batch, pos, d_model]
+    mask = problem.target_mask
+    picked = model.ln_final(resid[mask])  # [n_targets, d_model]
+    logp = model.unembed(picked[None])[0].log_softmax(-1)  # [n_targets, d_vocab]
+    out = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)
+    out[mask] = logp.gather(-1, problem.targets[mask][:, None])[:, 0]
+    return out
