@@ -258,3 +258,32 @@ def write_flips_run(
     summary["cancelled"] = bool(cancel is not None and cancel.is_set() and len(records) < len(prompts))
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+# ---------------------------------------------------------------------------------------------- clamp presets
+
+
+def presets_dir() -> Path:
+    """User clamp presets (``engine.presets`` format), one JSON file each."""
+    path = data_dir() / "presets"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def list_presets(hook: str | None = None) -> list[Path]:
+    """Saved presets, newest first; with ``hook``, only those made for that hook point."""
+    out = []
+    for path in presets_dir().glob("*.json"):
+        if hook is not None:
+            data = _maybe_json(path) or {}
+            if data.get("hook") not in (None, hook):
+                continue
+        out.append(path)
+    return sorted(out, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def preset_file(name: str) -> Path:
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:60]
+    if not clean:
+        raise LabError("give the preset a name (letters, digits, - or _)")
+    return presets_dir() / f"{clean}.json"

@@ -1,0 +1,104 @@
+"""Step 3: base vs clamped generations on a prompt set, the valid flips, and hand labels."""
+
+import streamlit as st
+
+from engine import jobs, labels, run_store
+from engine.errors import LabError
+from ui import render, state, views
+
+st.title("Flips: does the clamp make the model refuse?")
+st.caption(
+    "A **valid flip** is a prompt the base model answers and the clamped model refuses. The judge's deciding "
+    "spans are highlighted (red: refusal, orange: safety cue / blunt no, grey: apology that decides nothing, "
+    "yellow badge: degenerate repetition)."
+)
+lm, sae = state.require_model()
+clamp = state.clamp_state(sae)
+if clamp["features"]:
+    st.markdown(
+        f"**Clamp:** {len(clamp['features'])} features of `{sae.hook_name}`, mode **{clamp['mode']}** "
+        f"({clamp['origin']}) — features {', '.join(map(str, clamp['features'][:12]))}{' …' if len(clamp['features']) > 12 else ''}"
+    )
+else:
+    st.warning("The clamp set is empty. Add features on the Features page first.")
+    st.page_link("pages/features.py", label="2 · Features and clamp →")
+
+job = state.attach_job("flips_job", "flips")
+
+if not state.presenter():
+    with st.expander("New flips run", expanded=job is None or not job.running):
+        prompts, settings = views.prompt_source_form()
+        judge_cfg = views.judge_editor()
+        disabled = not clamp["features"] or not prompts or (job is not None and job.running)
+        if st.button("Run base vs clamped", type="primary", disabled=disabled, key="start_flips"):
+            with state.shown_errors("cannot start"):
+                specs = state.clamp_specs(sae)
+                gen = views.generation_config(settings)
+                run_dir = run_store.new_run_dir("flips")
+                model_name, _ = state.model_choice()
+                extra = {"model": model_name, "prompts": settings["source"], "limit": settings["limit"], "n_prompts": len(prompts)}
+
+                def work(j: jobs.Job, prompts=prompts, specs=specs, gen=gen, judge_cfg=judge_cfg, run_dir=run_dir, extra=extra):
+                    j.set_progress(0, len(prompts), "generating")
+
+                    def on_record(row: dict) -> None:
+                        j.log(row)
+                        j.set_progress(j.n_events, len(prompts))
+
+                    return run_store.write_flips_run(lm, specs, prompts, gen, judge_cfg, run_dir, extra, j.cancel, on_record)
+
+                job = jobs.start_job("flips", work, meta={"run": run_dir.name})
+                state.remember_job("flips_job", job)
+                state.set_current_run(run_dir.name)
+                st.rerun()
+
+
+ticking = job is not None and job.running
+
+
+@st.fragment(run_every=1.0 if ticking else None)
+def live() -> None:
+    current = jobs.get_job(job.id) if job else None
+    if current is None:
+        return
+    st.subheader(f"Run `{current.meta.get('run')}`")
+    render.job_status(current)
+    if current.running:
+        if st.button("Cancel", key="cancel_flips", help="Stops after the current batch; finished prompts are kept."):
+            current.request_cancel()
+        views.flip_cards(current.events(), limit=50, newest_first=True)
+    elif ticking:
+        st.rerun()  # the job just ended: redraw the whole page from the saved run
+
+
+live()
+
+if not ticking:
+    name = state.run_picker("Run", key="flips_run", need="flips.jsonl")
+    if name is None:
+        st.info("No runs yet: start one above.")
+        st.stop()
+    try:
+        records = run_store.read_records(name, "flips.jsonl")
+        info = run_store.get_run(name)
+    except LabError as exc:
+        st.error(str(exc))
+        st.stop()
+    views.flip_summary(info.summary, records)
+    if records:
+        tab_label, tab_all = st.tabs(["Hand labels (valid flips)", "All prompts"])
+        with tab_label:
+            views.labeller(name, [r for r in records if r.get("valid")])
+            st.download_button(
+                "Export labels CSV (judge columns + manual_audit_label)",
+                data=lambda: labels.export_csv(name, run_store.read_records(name, "flips.jsonl")),
+                file_name=f"{name}-labels.csv", mime="text/csv", key="export_labels",
+            )
+        with tab_all:
+            only_valid = st.toggle("Valid flips only", value=False, key="only_valid")
+            shown = [r for r in records if r.get("valid")] if only_valid else records
+            views.flip_cards(shown, limit=100)
+    else:
+        st.info("This run has no records yet.")
+else:
+    st.caption("Results appear above as they stream in; the full view (with labelling) opens when the run ends.")

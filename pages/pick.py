@@ -1,0 +1,56 @@
+"""Step 1: the model and SAE chosen in the sidebar, what they are, and where to go next."""
+
+import pandas as pd
+import streamlit as st
+
+from ui import state
+
+st.title("Pick a model and an SAE")
+st.markdown(
+    "Choose them in the sidebar. The offline default — **SmolLM2-135M-Instruct** with the lab's own SAE — "
+    "needs no downloads. Registry SAEs (sae_lens) load when the model hub is reachable; a local sae_lens "
+    "folder always works."
+)
+
+lm, sae = state.require_model()
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Model")
+    st.markdown(
+        f"- **name:** {lm.name}\n- **device:** `{lm.device}`\n- **layers:** {lm.n_layers} · **d_model:** {lm.d_model}\n"
+        f"- **chat template:** {'yes' if lm.has_chat_template else 'no'}"
+    )
+with right:
+    st.subheader("SAE")
+    url = sae.neuronpedia_url(0)
+    st.markdown(
+        f"- **source:** `{sae.source}`\n- **hook:** `{sae.hook_name}` (layer {sae.layer})\n"
+        f"- **width:** d_in {sae.d_in} → d_sae {sae.d_sae} · **architecture:** {sae.architecture}\n"
+        f"- **Neuronpedia:** {('`' + sae.neuronpedia_id + '`') if sae.neuronpedia_id else 'none (search by contrast or prompt instead)'}"
+        + (f" — [open]({url.rsplit('/', 1)[0]})" if url else "")
+    )
+
+clamp = state.clamp_state(sae)
+if clamp["features"]:
+    st.success(
+        f"Clamp set ready: {len(clamp['features'])} features, mode **{clamp['mode']}** ({clamp['origin']}). "
+        "Next: check it on the Features page, or go straight to Flips."
+    )
+else:
+    st.info("No clamp set yet: find refusal features on the Features page.")
+
+c1, c2, c3 = st.columns(3)
+c1.page_link("pages/features.py", label="2 · Features and clamp →")
+c2.page_link("pages/flips.py", label="3 · Flips and labels →")
+c3.page_link("pages/runs.py", label="6 · Saved runs →")
+
+rows = state.registry_options(lm.name if lm.name != "SmolLM2-135M-Instruct" else "default")
+with st.expander(f"sae_lens registry SAEs for this model ({len(rows)})", expanded=False):
+    if rows:
+        hub = state.hub_status()
+        if not hub:
+            st.warning("The model hub is unreachable: registry SAEs are listed but cannot be downloaded now.")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    else:
+        st.caption("The registry has no SAEs for this model.")

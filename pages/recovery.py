@@ -1,0 +1,145 @@
+"""Step 4: optimise a per-prompt δ under the clamp (background job), watch loss and drift live, read the results."""
+
+import streamlit as st
+
+from engine import jobs, run_store
+from engine.errors import LabError
+from engine.judge import JudgeConfig
+from ui import charts, render, state
+from ui import recovery_views as rv
+
+st.title("Recovery: is the behaviour really gone?")
+st.caption(
+    "With the clamp active, optimise a small perturbation δ of the residual stream so the model gives its own "
+    "base answer again. The encoder projection keeps the clamped features' pre-activations fixed, so a recovery "
+    "cannot come from simply turning the clamped features back down."
+)
+api = rv.recovery_api()
+if api is None:
+    st.error("The recovery engine (engine/recovery) is not installed in this checkout.")
+    st.stop()
+RecoveryConfig, run_recovery, run_sweep = api
+
+name = state.run_picker("Run (its valid flips are recovered)", key="rec_run", need="flips.jsonl")
+if name is None:
+    st.info("No flips runs yet: make one on the Flips page first.")
+    st.page_link("pages/flips.py", label="3 · Flips and labels →")
+    st.stop()
+info = run_store.get_run(name)
+if state.presenter():  # replay from files only: no model, no network
+    from ui import replay
+
+    replay.replay_section(name, info)
+    st.stop()
+lm, sae = state.require_model()
+n_valid = int((info.summary or {}).get("n_valid", 0))
+judge_cfg = JudgeConfig.from_json(info.config.get("judge"))
+
+rec_job = state.attach_job("recovery_job", "recovery", run=name)
+sweep_job = state.attach_job("sweep_job", "sweep", run=name)
+active = next((j for j in (rec_job, sweep_job) if j is not None and j.running), None)
+
+form_cfg = None
+if n_valid == 0:
+    st.warning("This run has no valid flips, so there is nothing to recover. Pick another run or make a stronger clamp.")
+else:
+    with st.expander(f"Recover the {n_valid} valid flips of `{name}`", expanded=active is None and not info.has_recovery):
+        cfg, limit = rv.settings_form(RecoveryConfig, n_valid)
+        form_cfg = cfg
+        if st.button("Start recovery", type="primary", key="start_recovery", disabled=cfg is None or active is not None):
+            run_dir = info.path
+            total = limit * cfg.steps
+
+            def work(j: jobs.Job, cfg=cfg, limit=limit, run_dir=run_dir, total=total):
+                def on_event(ev) -> None:
+                    j.log(ev)
+                    j.set_progress(min(j.n_events, total), total)
+
+                j.set_progress(0, total, "preparing")
+                return run_recovery(run_dir, cfg, lm=lm, on_event=on_event, cancel=j.cancel, limit=limit)
+
+            job = jobs.start_job("recovery", work, meta={"run": name})
+            state.remember_job("recovery_job", job)
+            st.rerun()
+
+ticking = active is not None
+
+
+@st.fragment(run_every=1.0 if ticking else None)
+def live() -> None:
+    job = jobs.get_job(active.id) if active else None
+    if job is None:
+        return
+    render.job_status(job)
+    if job.running and st.button("Cancel", key=f"cancel_{job.kind}", help="Stops within one optimisation step; finished prompts are kept."):
+        job.request_cancel()
+    rv.live_charts(job.events())
+    if not job.running and ticking:
+        st.rerun()
+
+
+if ticking:
+    st.subheader(f"Live: {active.kind} of `{name}`")
+live()
+
+for job in (rec_job, sweep_job):
+    if job is not None and job.status == "failed" and not ticking:
+        st.error(f"The last {job.kind} failed: {job.error}")
+
+if info.has_recovery and not (rec_job is not None and rec_job.running):
+    st.subheader("Results")
+    try:
+        records = run_store.read_records(name, "recovery.jsonl")
+    except LabError as exc:
+        st.error(str(exc))
+        records = []
+    if info.recovery_summary:
+        cfg_used = info.recovery_summary.get("config") or {}
+        st.caption(
+            f"projection **{cfg_used.get('projection')}** · budget {cfg_used.get('budget')} "
+            f"({'per position' if cfg_used.get('budget_kind') == 'per_position' else 'whole matrix'}"
+            f"{', relative to the median residual norm' if cfg_used.get('budget_relative') else ', absolute'}) · "
+            f"{cfg_used.get('steps')} steps · lr {cfg_used.get('lr')} · δ at layer {cfg_used.get('delta_layer')}"
+        )
+        rv.summary_metrics(info.recovery_summary)
+    if records:
+        if not ticking:
+            rv.live_charts(rv.history_events(records))
+        rv.results_table(records)
+        ids = [r["id"] for r in records]
+        pick = st.selectbox("Texts of prompt", ids, format_func=lambda i: f"#{i}", key="rec_pick")
+        rv.texts_side_by_side(next(r for r in records if r["id"] == pick), judge_cfg)
+
+st.subheader("Budget sweep")
+st.caption(
+    "Recovery rates at several budgets (0 = the defended model with no δ), with Wilson 95 % intervals. "
+    "Every other setting is taken from the recovery settings above."
+)
+c1, c2 = st.columns([3, 1])
+budgets_text = c1.text_input("Budgets", "0, 0.05, 0.1, 0.25, 0.5", key="sweep_budgets", persist_state="session")
+c2.write("")
+if c2.button("Start sweep", key="start_sweep", disabled=active is not None or form_cfg is None):
+    try:
+        budgets = [float(b) for b in budgets_text.replace(";", ",").split(",") if b.strip()]
+    except ValueError:
+        st.error("budgets must be numbers separated by commas, e.g. 0, 0.1, 0.25")
+    else:
+        run_dir, total = info.path, len(budgets) * n_valid * form_cfg.steps
+
+        def sweep_work(j: jobs.Job, budgets=budgets, cfg=form_cfg, run_dir=run_dir, total=total):
+            def on_event(ev) -> None:
+                j.log(ev)
+                j.set_progress(min(j.n_events, total), total)
+
+            j.set_progress(0, total, "sweeping")
+            return run_sweep(run_dir, budgets, cfg, lm=lm, on_event=on_event, cancel=j.cancel)
+
+        job = jobs.start_job("sweep", sweep_work, meta={"run": name})
+        state.remember_job("sweep_job", job)
+        st.rerun()
+if info.sweeps:
+    try:
+        sweep = run_store.read_sweep(name, info.sweeps[0])
+        st.altair_chart(charts.sweep_chart(rv.sweep_rows(sweep)), width="stretch")
+    except LabError as exc:
+        st.error(str(exc))

@@ -1,0 +1,128 @@
+"""Page pieces for Recovery: the settings form, live charts, results, the budget sweep, presenter replay."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from engine.errors import LabError
+from ui import charts, render
+
+_PERSIST = {"persist_state": "session"}
+PROJECTIONS = {"encoder": "encoder-orthogonal (defended features cannot move)", "none": "unconstrained baseline",
+               "jacobian": "cross-layer: δ below the clamp, ⟂ the Jacobian rows"}
+
+
+def recovery_api():
+    """``(RecoveryConfig, run_recovery, run_sweep)`` from the engine, or None while it is not installed."""
+    try:
+        from engine.recovery.config import RecoveryConfig
+        from engine.recovery.run import run_recovery, run_sweep
+    except ImportError:
+        return None
+    return RecoveryConfig, run_recovery, run_sweep
+
+
+def settings_form(RecoveryConfig, n_valid: int):
+    """The user's RecoveryConfig and flip limit (None with an error shown when the settings are invalid)."""
+    d = RecoveryConfig()
+    c1, c2, c3, c4 = st.columns(4)
+    projection = c1.selectbox("Projection", list(PROJECTIONS), format_func=lambda p: f"{p} — {PROJECTIONS[p]}", key="rec_projection", **_PERSIST)
+    budget_kind = c2.selectbox("Budget norm", ["per_position", "matrix"], index=["per_position", "matrix"].index(d.budget_kind),
+                               format_func=lambda k: {"per_position": "per position: every ‖δ_t‖ ≤ B", "matrix": "whole matrix: ‖δ‖_F ≤ B"}[k],
+                               key="rec_budget_kind", **_PERSIST)
+    relative = c3.toggle("B relative to the median residual norm", value=d.budget_relative, key="rec_relative", **_PERSIST,
+                         help="On: B is a fraction of the median ‖h‖ at δ's layer (position 0 excluded). Off: an absolute norm.")
+    budget = c4.number_input("Budget B", min_value=0.0001, value=float(d.budget), step=0.05, format="%.4f", key="rec_budget", **_PERSIST)
+    c1, c2, c3, c4 = st.columns(4)
+    steps = c1.number_input("Steps", 1, 2000, int(d.steps), key="rec_steps", **_PERSIST)
+    lr = c2.number_input("Learning rate", min_value=0.0001, value=float(d.lr), step=0.01, format="%.4f", key="rec_lr", **_PERSIST)
+    where = c3.selectbox("δ acts on", ["prompt+gen", "prompt"], index=["prompt+gen", "prompt"].index(d.where), key="rec_where", **_PERSIST,
+                         help="prompt: one row per prompt position; prompt+gen: plus one shared row at every answer position")
+    limit = c4.number_input("Valid flips to recover", 1, max(1, n_valid), max(1, n_valid), key="rec_limit")
+    with st.popover("More settings"):
+        method = st.selectbox("Method", ["delta", "soft-suffix"], key="rec_method", **_PERSIST)
+        boundary = st.number_input("Boundary steps (reward a non-refusal first token first)", 0, 2000, int(d.boundary_steps), key="rec_boundary", **_PERSIST)
+        answer_tokens = st.number_input("Answer tokens teacher-forced", 1, 512, int(d.answer_tokens), key="rec_answer_tokens", **_PERSIST)
+        max_new = st.number_input("Recovered answer length (tokens)", 1, 512, int(d.max_new_tokens), key="rec_max_new", **_PERSIST)
+        batch = st.number_input("Batch size", 1, 64, int(d.batch_size), key="rec_batch", **_PERSIST)
+        seed = st.number_input("Seed", 0, 2**31 - 1, int(d.seed), key="rec_seed", **_PERSIST)
+    try:
+        cfg = RecoveryConfig(projection=projection, method=method, where=where, budget=float(budget), budget_kind=budget_kind,
+                             budget_relative=bool(relative), steps=int(steps), boundary_steps=int(boundary), lr=float(lr),
+                             answer_tokens=int(answer_tokens), max_new_tokens=int(max_new), batch_size=int(batch), seed=int(seed))
+    except LabError as exc:
+        st.error(str(exc))
+        return None, None
+    return cfg, int(limit)
+
+
+def live_charts(events: list[dict], height: int = 230) -> None:
+    df = charts.step_frame(events)
+    left, right = st.columns(2)
+    left.altair_chart(charts.metric_chart(df, "loss", "Loss per step", height), width="stretch")
+    right.altair_chart(charts.metric_chart(df, "drift", "Defended-feature drift per step", height), width="stretch")
+
+
+def history_events(records: list[dict], upto: int | None = None) -> list[dict]:
+    """Per-step events rebuilt from saved ``loss_history`` / ``drift_history`` (for reloads and replays)."""
+    out = []
+    for r in records:
+        losses, drifts = r.get("loss_history") or [], r.get("drift_history") or []
+        for s, loss in enumerate(losses[: upto if upto is not None else None]):
+            out.append({"step": s, "prompt_id": r.get("id"), "loss": loss, "drift": drifts[s] if s < len(drifts) else None})
+    return out
+
+
+def _ci_text(summary: dict, key: str) -> str:
+    ci = (summary.get("ci") or {}).get(key) or {}
+    if not ci:
+        return ""
+    lo, hi = ci.get("ci95", [0, 0])
+    return f"{ci.get('k')}/{ci.get('n')} · 95 % CI {lo:.2f}–{hi:.2f}"
+
+
+def summary_metrics(summary: dict) -> None:
+    cols = st.columns(6)
+    cols[0].metric("Non-refusal recovery", f"{summary.get('non_refusal_recovery', 0):.0%}", help=_ci_text(summary, "non_refusal"))
+    cols[0].caption(_ci_text(summary, "non_refusal"))
+    cols[1].metric("Base-like", f"{summary.get('base_like_recovery', 0):.0%}")
+    cols[1].caption(_ci_text(summary, "base_like"))
+    cols[2].metric("Strict base-like", f"{summary.get('strict_base_like_recovery', 0):.0%}")
+    cols[2].caption(_ci_text(summary, "strict_base_like"))
+    cols[3].metric("Mean drift", f"{summary.get('mean_drift', 0):.4f}")
+    cols[4].metric("Floor violation", f"{summary.get('mean_floor_violation', 0):.4f}")
+    cols[5].metric("Relative ‖δ‖", f"{summary.get('mean_delta_rel_norm', 0):.3f}")
+    if summary.get("cancelled"):
+        st.warning("This recovery was cancelled; the numbers cover the flips it finished.")
+
+
+def results_table(records: list[dict]) -> None:
+    cols = ["id", "prompt", "non_refusal", "base_like", "strict_base_like", "drift", "floor_violation", "delta_rel_norm", "best_step"]
+    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in records])
+    st.dataframe(df, hide_index=True, width="stretch")
+
+
+def texts_side_by_side(rec: dict, judge_cfg=None) -> None:
+    from engine.judge import judge
+
+    st.markdown(f"**#{rec.get('id')}** {rec.get('prompt', '')}")
+    cols = st.columns(3)
+    for col, (title, key) in zip(cols, (("Base", "base_text"), ("Clamped", "clamped_text"), ("Recovered (clamp on, + δ)", "recovered_text"))):
+        text = rec.get(key, "")
+        verdict = judge(text, judge_cfg)
+        reasons = verdict.to_json()["reasons"]
+        with col:
+            render.text_panel(title, text, reasons, verdict.refusal, verdict.degenerate)
+
+
+def sweep_rows(sweep: dict) -> list[dict]:
+    rows = []
+    for p in sweep.get("points", []):
+        for metric in ("non_refusal", "base_like", "strict_base_like"):
+            ci = (p.get("ci") or {}).get(metric) or {}
+            if ci:
+                lo, hi = ci.get("ci95", [None, None])
+                rows.append({"budget": p["budget"], "metric": metric.replace("_", " "), "rate": ci.get("rate"), "lo": lo, "hi": hi,
+                             "k": ci.get("k"), "n": ci.get("n")})
+    return rows

@@ -1,0 +1,104 @@
+"""Drawing helpers: judge-highlighted texts, job status, presenter styling."""
+
+from __future__ import annotations
+
+import html
+import time
+
+import streamlit as st
+
+RULE_COLOURS = {
+    "refusal_statement": "#ffc9c9",
+    "refusal_phrase": "#ffc9c9",
+    "safety_cue": "#ffd8a8",
+    "negative_opening": "#ffd8a8",
+    "apology_opening": "#e9ecef",
+}
+DEGENERATE_COLOUR = "#ffec99"
+
+PRESENTER_CSS = """
+<style>
+html, body, [data-testid="stAppViewContainer"] { font-size: 21px; }
+[data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li { font-size: 1.2rem; line-height: 1.55; }
+h1 { font-size: 2.6rem !important; } h2 { font-size: 2.0rem !important; } h3 { font-size: 1.6rem !important; }
+[data-testid="stMetricValue"] { font-size: 2.6rem !important; }
+.flip-text { font-size: 1.2rem !important; }
+</style>
+"""
+
+BASE_CSS = """
+<style>
+.flip-text { white-space: pre-wrap; font-family: ui-sans-serif, system-ui, sans-serif; font-size: 0.92rem;
+             line-height: 1.45; border: 1px solid #dee2e6; border-radius: 6px; padding: 0.5rem 0.7rem;
+             background: #fcfcfd; max-height: 16rem; overflow-y: auto; }
+.flip-text mark { border-radius: 3px; padding: 0 2px; }
+.badge { display: inline-block; border-radius: 10px; padding: 0 8px; margin: 0 4px 4px 0; font-size: 0.78rem; }
+</style>
+"""
+
+
+def apply_presenter_style(on: bool) -> None:
+    st.html(BASE_CSS + (PRESENTER_CSS if on else ""))
+
+
+def highlighted(text: str, reasons: list[dict] | None) -> str:
+    """HTML of ``text`` with the judge's deciding spans marked (whole-text rules become badges instead)."""
+    reasons = reasons or []
+    spans, badges = [], []
+    for r in reasons:
+        start, end, rule = int(r.get("start", 0)), int(r.get("end", 0)), str(r.get("rule", ""))
+        whole = start <= 0 and end >= len(text)
+        if rule.startswith("degenerate") or whole:
+            badges.append((rule, str(r.get("text", ""))))
+        elif 0 <= start < end <= len(text):
+            spans.append((start, end, rule))
+    spans.sort()
+    out, pos = [], 0
+    for start, end, rule in spans:
+        if start < pos:  # overlapping spans: keep the first
+            continue
+        out.append(html.escape(text[pos:start]))
+        colour = RULE_COLOURS.get(rule, "#ffc9c9")
+        out.append(f'<mark title="{html.escape(rule)}" style="background:{colour}">{html.escape(text[start:end])}</mark>')
+        pos = end
+    out.append(html.escape(text[pos:]))
+    badge_html = "".join(
+        f'<span class="badge" style="background:{DEGENERATE_COLOUR if rule.startswith("degenerate") else "#e9ecef"}" '
+        f'title="{html.escape(detail)}">{html.escape(rule)}</span>'
+        for rule, detail in badges
+    )
+    body = "".join(out) if text else "<i>(empty)</i>"
+    return f'{badge_html}<div class="flip-text">{body}</div>'
+
+
+def verdict_line(refusal: bool, degenerate: bool = False) -> str:
+    if refusal and degenerate:
+        return ":orange[**refusal** (degenerate)]"
+    return ":red[**refusal**]" if refusal else ":green[**answers**]"
+
+
+def text_panel(title: str, text: str, reasons: list[dict] | None, refusal: bool | None = None, degenerate: bool = False) -> None:
+    st.markdown(f"**{title}**" + (f" — {verdict_line(refusal, degenerate)}" if refusal is not None else ""))
+    st.html(highlighted(text, reasons))
+
+
+def job_status(job) -> None:
+    """One line about a background job: state, progress, elapsed time, error."""
+    took = f"{job.elapsed:.0f} s"
+    if job.status == "running":
+        if job.progress and job.progress[1]:
+            done, total = job.progress
+            st.progress(min(1.0, done / total), text=f"{job.kind}: {done}/{total} · {took} {job.message}")
+        else:
+            st.info(f"{job.kind} running · {took} {job.message}")
+    elif job.status == "done":
+        st.success(f"{job.kind} finished in {took}")
+    elif job.status == "cancelled":
+        st.warning(f"{job.kind} was cancelled after {took}; what it finished is saved")
+    else:
+        st.error(f"{job.kind} failed: {job.error}")
+
+
+def ago(ts: float) -> str:
+    d = time.time() - ts
+    return f"{d:.0f} s ago" if d < 90 else f"{d / 60:.0f} min ago" if d < 5400 else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))

@@ -1,0 +1,95 @@
+"""The sidebar: model and SAE picker, device and hub status, presenter mode."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from engine.errors import LabError
+from ui import render, state
+
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+
+@st.cache_resource(show_spinner=False)
+def _model_options() -> list[str]:
+    from engine.models import available_models
+
+    return available_models()
+
+
+@st.cache_resource(show_spinner=False)
+def _default_sae_options() -> list[str]:
+    from engine.saes import DEFAULT_SAE_DIR, _primary_default_hook, default_sae_names
+
+    names = default_sae_names()
+    if not names:
+        return []
+    primary = _primary_default_hook(names) if (DEFAULT_SAE_DIR / "manifest.json").is_file() else names[0]
+    return [f"default:{primary}", *(f"default:{n}" for n in names if n != primary)]
+
+
+def _sae_options(model_name: str) -> tuple[list[str], dict[str, str]]:
+    """SAE choices for ``model_name`` and a caption per choice."""
+    options: list[str] = []
+    captions: dict[str, str] = {}
+    if model_name == "tiny":
+        options.append("default")
+        captions["default"] = "random tiny SAE (tests)"
+    elif model_name == "default":
+        shipped = _default_sae_options()
+        options.extend(shipped)
+        for o in shipped:
+            captions[o] = "shipped, offline"
+    for row in state.registry_options(model_name):
+        spec = f"{row['release']}/{row['sae_id']}"
+        options.append(spec)
+        captions[spec] = "sae_lens registry (needs the hub)"
+    options.append(state.LOCAL_CHOICE)
+    captions[state.LOCAL_CHOICE] = "an sae_lens folder on this machine"
+    return options, captions
+
+
+def render_sidebar() -> None:
+    """Draw the sidebar; choices land in ``st.session_state`` (see ``ui.state``)."""
+    sb = st.sidebar
+    presenter = sb.toggle("Presenter mode", key="presenter", help="Larger type, settings hidden, replay saved runs offline.")
+    render.apply_presenter_style(presenter)
+    models = _model_options()
+    default = state.default_model_name()
+    # In presenter mode the picker is folded away (still rendered, so the choice is kept).
+    with sb.expander("Model and SAE", expanded=not presenter):
+        model = st.selectbox("Model", models, index=models.index(default) if default in models else 0, key=state.MODEL_KEY,
+                             help="`default` is SmolLM2-135M-Instruct, shipped offline. Others need the model hub.")
+        st.selectbox("Device", DEVICES, key=state.DEVICE_KEY, help="auto: CUDA, then MPS, then CPU")
+        options, captions = _sae_options(model)
+        # A previous choice that does not fit the new model falls back to the first option.
+        if st.session_state.get(state.SAE_KEY) not in options:
+            st.session_state.pop(state.SAE_KEY, None)
+        choice = st.selectbox("SAE", options, key=state.SAE_KEY, format_func=lambda o: o,
+                              help="Shipped default SAEs, the sae_lens registry for this model, or a local folder.")
+        st.caption(captions.get(choice, ""))
+        if choice == state.LOCAL_CHOICE:
+            st.text_input("SAE folder", key=state.LOCAL_SAE_KEY, placeholder="/path/to/sae (cfg.json + safetensors)")
+    _status(sb, compact=presenter)
+
+
+def _status(sb, compact: bool = False) -> None:
+    import torch
+
+    name, device = state.model_choice()
+    hub = state.hub_status()
+    gpu = torch.cuda.is_available()
+    lines = [f"**Hub:** {'reachable' if hub else 'offline'} · **GPU:** {'yes' if gpu else 'no'}"]
+    try:
+        lm = state.get_lm()
+        lines.insert(0, f"**Model:** {lm.name} on `{lm.device}`")
+        try:
+            sae = state.get_sae()
+            lines.insert(1, f"**SAE:** `{sae.hook_name}` · d_sae {sae.d_sae}")
+        except LabError as exc:
+            sb.warning(f"SAE: {exc}")
+    except LabError as exc:
+        sb.error(f"Model {name!r} ({device}): {exc}")
+    except MemoryError:
+        sb.error("Out of memory while loading the model; pick a smaller one.")
+    sb.markdown("  \n".join(lines) if not compact else lines[0])

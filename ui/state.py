@@ -1,0 +1,216 @@
+"""Session state, cached model/SAE loading, the clamp set, run selection and job re-attachment.
+
+Models and SAEs are cached with ``st.cache_resource``: one object shared by every browser session. Clamp hooks
+are only ever attached inside ``engine.clamp.clamped`` (which holds the model's lock and always removes them),
+so two sessions never see each other's clamps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import streamlit as st
+
+from engine import jobs
+from engine.errors import LabError
+
+logger = logging.getLogger(__name__)
+
+MODEL_KEY, DEVICE_KEY, SAE_KEY, LOCAL_SAE_KEY = "model_name", "device", "sae_choice", "local_sae_path"
+LOCAL_CHOICE = "Local folder…"
+RUN_KEY = "run"
+
+
+def default_model_name() -> str:
+    """The model the sidebar starts on: ``default`` (offline), or ``SAE_LAB_UI_MODEL`` (tests use ``tiny``)."""
+    return os.environ.get("SAE_LAB_UI_MODEL", "default")
+
+
+# ------------------------------------------------------------------------------------------------ cached loads
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=3)
+def _load_model(name: str, device: str):
+    from engine.models import load_model
+
+    return load_model(name, device)
+
+
+@st.cache_resource(show_spinner="Loading the SAE…", max_entries=6)
+def _load_sae(spec: str, model_name: str, device: str):
+    from engine.saes import load_sae
+
+    return load_sae(spec, _load_model(model_name, device))
+
+
+@st.cache_resource(show_spinner=False)
+def registry_options(model_name: str) -> list[dict]:
+    from engine.saes import registry_saes
+
+    try:
+        return registry_saes(model_name)
+    except Exception:  # noqa: BLE001 - a broken registry must not break the sidebar
+        logger.exception("listing registry SAEs failed")
+        return []
+
+
+@st.cache_resource(show_spinner=False)
+def hub_status() -> bool:
+    from engine.hub import hub_reachable
+
+    return hub_reachable()
+
+
+def model_choice() -> tuple[str, str]:
+    return st.session_state.get(MODEL_KEY, default_model_name()), st.session_state.get(DEVICE_KEY, "auto")
+
+
+def sae_spec() -> str | None:
+    """The SAE spec chosen in the sidebar (``default``, ``RELEASE/ID``, a folder), or None if none is usable."""
+    choice = st.session_state.get(SAE_KEY, "default")
+    if choice == LOCAL_CHOICE:
+        path = (st.session_state.get(LOCAL_SAE_KEY) or "").strip()
+        return path or None
+    return choice
+
+
+def get_lm():
+    """The chosen model, loaded once per process; raises LabError with the reason when it cannot load."""
+    name, device = model_choice()
+    return _load_model(name, device)
+
+
+def get_sae():
+    spec = sae_spec()
+    if spec is None:
+        raise LabError("choose an SAE in the sidebar (or type a local folder path)")
+    name, device = model_choice()
+    return _load_sae(spec, name, device)
+
+
+def require_model():
+    """``(lm, sae)`` for a page, or an error in the page and a stop (the sidebar stays usable)."""
+    try:
+        return get_lm(), get_sae()
+    except LabError as exc:
+        st.error(str(exc))
+        st.info("Pick another model or SAE in the sidebar: the offline default (`default`) needs no downloads.")
+        st.stop()
+    except MemoryError:
+        st.error("Out of memory while loading the model; pick a smaller model or close other jobs.")
+        st.stop()
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+@contextmanager
+def shown_errors(what: str = "") -> Iterator[None]:
+    """Show a LabError (or an out-of-memory) as one clear message in the page instead of a traceback."""
+    try:
+        yield
+    except LabError as exc:
+        st.error(f"{what}: {exc}" if what else str(exc))
+    except MemoryError:
+        st.error("Out of memory: try fewer prompts, a smaller batch or a smaller model.")
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":
+            st.error("Out of GPU memory: try fewer prompts, a smaller batch or a smaller model.")
+        else:
+            raise
+
+
+# ------------------------------------------------------------------------------------------------ clamp set
+
+
+def clamp_state(sae) -> dict:
+    """The session's clamp set for ``sae``: ``{features, mode, values, origin}``; starts from the SAE's preset."""
+    state = st.session_state.get("clamp")
+    if state is None or state.get("sae") != sae.source:
+        state = {"sae": sae.source, "features": [], "mode": "set", "values": [], "origin": "empty"}
+        from engine.presets import load_preset, preset_path
+
+        path = preset_path(sae)
+        if path is not None:
+            try:
+                spec = load_preset(path, sae)
+                state.update(features=spec.features, mode=spec.mode, values=spec.values, origin=f"preset {path.name}")
+            except LabError as exc:
+                logger.warning("preset %s not usable: %s", path, exc)
+        st.session_state["clamp"] = state
+    return state
+
+
+def set_clamp(sae, features: list[int], mode: str, values: list[float], origin: str) -> None:
+    version = int((st.session_state.get("clamp") or {}).get("version", 0)) + 1
+    st.session_state["clamp"] = {"sae": sae.source, "features": [int(f) for f in features], "mode": mode,
+                                 "values": [float(v) for v in values], "origin": origin, "version": version}
+
+
+def clamp_specs(sae) -> list:
+    """The clamp as engine ClampSpecs (raises LabError when the set is empty or invalid)."""
+    from engine.clamp import ClampSpec
+
+    state = clamp_state(sae)
+    return [ClampSpec(sae, state["features"], state["mode"], state["values"])]
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def current_run() -> str | None:
+    return st.session_state.get(RUN_KEY)
+
+
+def set_current_run(name: str | None) -> None:
+    st.session_state[RUN_KEY] = name
+
+
+def run_picker(label: str, key: str, need: str = "flips.jsonl", help: str | None = None) -> str | None:
+    """A selectbox of stored runs that have ``need``; the choice becomes the session's current run."""
+    from engine.run_store import list_runs
+
+    runs = [r.name for r in list_runs() if (r.path / need).is_file()]
+    if not runs:
+        return None
+    current = current_run()
+    index = runs.index(current) if current in runs else 0
+    # The key follows the current run, so a run chosen elsewhere (a new flips run, another page) shows here.
+    choice = st.selectbox(label, runs, index=index, key=f"{key}:{runs[index]}", help=help)
+    if choice != current:
+        set_current_run(choice)
+    return choice
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+
+
+def attach_job(slot: str, kind: str, **meta) -> jobs.Job | None:
+    """The job this session started in ``slot`` (kept in session state and in the URL), or else the newest
+    running job of ``kind`` with ``meta``: how a page finds its job again after a switch or a reload."""
+    job_id = st.session_state.get(slot) or st.query_params.get(slot)
+    job = jobs.get_job(job_id)
+    if job is not None and meta and any(job.meta.get(k) != v for k, v in meta.items()):
+        job = None
+    if job is None:
+        found = jobs.find_jobs(kind, running_only=True, **meta)
+        job = found[0] if found else None
+    if job is not None:
+        st.session_state[slot] = job.id
+    return job
+
+
+def remember_job(slot: str, job: jobs.Job) -> None:
+    st.session_state[slot] = job.id
+    try:
+        st.query_params[slot] = job.id
+    except Exception:  # noqa: BLE001 - the URL is a convenience only
+        logger.debug("could not set query param", exc_info=True)
+
+
+def presenter() -> bool:
+    return bool(st.session_state.get("presenter", False))
