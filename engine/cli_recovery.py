@@ -42,6 +42,12 @@ def add_commands(sub) -> None:
     _recovery_args(s, budget=False)
     s.add_argument("--budgets", required=True, help="comma-separated budgets, e.g. 0,2,5,10,20")
     s.set_defaults(handler=cmd_sweep)
+    a = sub.add_parser("attribute", help="decompose each recovered δ and replay its parts under the clamp")
+    a.add_argument("--run", required=True)
+    a.add_argument("--top-k", type=int, default=10, help="number of top non-clamped features (0..d_sae)")
+    a.add_argument("--limit", type=int, default=None)
+    a.add_argument("--device", default=None)
+    a.set_defaults(handler=cmd_attribute)
 
 
 def _config(args, budget: float):
@@ -84,6 +90,19 @@ def cmd_sweep(args) -> dict:
     cfg = _config(args, 1.0)
     run, lm = _model_for(args)
     return run_sweep(run, budgets, cfg, lm=lm, limit=args.limit, on_event=_log_event)
+
+
+def cmd_attribute(args) -> dict:
+    from engine.attribution.run import run_attribution
+    from engine.models import load_model
+    from engine.runs import existing_run, read_json
+
+    if args.top_k < 0:
+        raise LabError(f"--top-k must be ≥ 0, got {args.top_k}")
+    run = existing_run(args.run, "recovery.jsonl")
+    config = read_json(run / "config.json")
+    lm = load_model(config["model"], args.device or config.get("device", "auto"))
+    return run_attribution(run, args.top_k, lm=lm, limit=args.limit)
 
 
 def _log_event(ev) -> None:

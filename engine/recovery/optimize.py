@@ -68,8 +68,12 @@ class DeltaObjective:
         return full  # [batch, pos, d_model]
 
     def evaluate(self, rows: torch.Tensor, gen: torch.Tensor | None) -> Evaluation:
+        return self.evaluate_full(self.perturbation(rows, gen))
+
+    def evaluate_full(self, pert: torch.Tensor) -> Evaluation:
+        """Forward at an arbitrary full perturbation ``[batch, pos, d_model]`` added to h_def."""
         p = self.problem
-        resid = p.h_def + self.perturbation(rows, gen)
+        resid = p.h_def + pert
         zs = [s.sae.encode(resid)[..., s.features] for s in self.same_layer]
         captured: list[torch.Tensor] = []
 

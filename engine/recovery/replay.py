@@ -6,7 +6,7 @@ is zero), so it can be replayed in any batch with any left padding.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -42,10 +42,30 @@ def perturbations_from_batch(problem: Problem, rows: torch.Tensor, gen: torch.Te
     return out
 
 
-def replay_hooks(layer: int, perturbations: Mapping[int, Perturbation | None]) -> HookFactory:
+def batch_from_perturbations(problem: Problem, perts: list[Perturbation]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inverse of :func:`perturbations_from_batch`: place prompt-aligned rows into the batch's padded layout."""
+    n, width, d = problem.h_def.shape
+    rows = problem.h_def.new_zeros((n, width, d))
+    has_gen = any(p.gen is not None for p in perts)
+    gen = problem.h_def.new_zeros((n, d)) if has_gen else None
+    for b, (pert, p_len) in enumerate(zip(perts, problem.prompt_lens)):
+        pad = width - int(problem.attention_mask[b].sum())
+        rows[b, pad : pad + p_len] = pert.rows.to(rows)
+        if gen is not None and pert.gen is not None:
+            gen[b] = pert.gen.to(gen)
+    return rows, gen
+
+
+def replay_hooks(
+    layer: int,
+    perturbations: Mapping[int, Perturbation | None],
+    transform: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor] | None = None,
+) -> HookFactory:
     """Hooks adding each prompt's perturbation at ``blocks.layer.hook_resid_post`` during :func:`generate`.
 
     ``perturbations`` maps the index of a prompt in the list given to ``generate`` to its perturbation.
+    ``transform(h_def, δ, indices)``, if given, replaces δ by a function of it computed in the live context (attribution
+    replays one component of δ, decomposed at every position as the text is generated).
     """
 
     def factory(indices: list[int], batch: Batch):
@@ -62,6 +82,8 @@ def replay_hooks(layer: int, perturbations: Mapping[int, Perturbation | None]) -
                     add[j, width - n :] = pert.rows.to(act)
                 elif pert.gen is not None:  # one generated token
                     add[j, 0] = pert.gen.to(act)
+            if transform is not None:
+                add = transform(act, add, indices)
             return act + add
 
         return [(delta_hook(layer), hook)]
