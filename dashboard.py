@@ -15,12 +15,12 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname
 st.set_page_config(page_title="SAE recovery lab", page_icon="🧪", layout="wide")
 
 PAGES = [
-    st.Page("pages/pick.py", title="1 · Pick model and SAE", url_path="pick", default=True),
-    st.Page("pages/features.py", title="2 · Features and clamp", url_path="features"),
-    st.Page("pages/flips.py", title="3 · Flips and labels", url_path="flips"),
-    st.Page("pages/recovery.py", title="4 · Recovery", url_path="recovery"),
-    st.Page("pages/attribution.py", title="5 · Attribution", url_path="attribution"),
-    st.Page("pages/runs.py", title="6 · Runs", url_path="runs"),
+    st.Page("app_pages/pick.py", title="1 · Pick model and SAE", url_path="pick", default=True),
+    st.Page("app_pages/features.py", title="2 · Features and clamp", url_path="features"),
+    st.Page("app_pages/flips.py", title="3 · Flips and labels", url_path="flips"),
+    st.Page("app_pages/recovery.py", title="4 · Recovery", url_path="recovery"),
+    st.Page("app_pages/attribution.py", title="5 · Attribution", url_path="attribution"),
+    st.Page("app_pages/runs.py", title="6 · Runs", url_path="runs"),
 ]
 
 page = st.navigation(PAGES)

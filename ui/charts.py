@@ -50,7 +50,7 @@ def sweep_chart(rows: list[dict]) -> alt.Chart:
         y=alt.Y("rate:Q", title="rate", scale=alt.Scale(domain=[0, 1])),
         tooltip=["metric", "budget", alt.Tooltip("rate:Q", format=".2f"), "k", "n", alt.Tooltip("lo:Q", format=".2f"), alt.Tooltip("hi:Q", format=".2f")],
     )
-    bars = base.mark_errorbar(ticks=True).encode(y="lo:Q", y2="hi:Q")
+    bars = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title="rate"), y2="hi:Q")
     return (line + bars).properties(height=280)
 
 

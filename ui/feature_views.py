@@ -66,46 +66,80 @@ def _candidates_table(rows: list[dict], key: str, sae, origin: str, value_col: s
 
 
 def contrast_tab(lm, sae) -> None:
-    st.markdown("Rank features by their mean activation on **refusal answers** minus on **ordinary answers**.")
+    st.markdown(
+        "Rank features by their mean activation on **refusal answers** minus on **ordinary answers** "
+        "(answer tokens only). The model answers the prompts itself; the refusals are forced, in many phrasings."
+    )
     features = _features_module()
     if features is None or not hasattr(features, "contrast_search"):
         st.info("Contrast search arrives with `engine/features.py` (issue 3).")
         return
-    k = st.number_input("Show the top", 5, 200, 20, key="contrast_k", **_PERSIST)
-    if st.button("Search by contrast", type="primary", key="contrast_go"):
-        with state.shown_errors("contrast search"), st.spinner("Running refusal and ordinary answers through the SAE…"):
-            st.session_state["contrast_rows"] = _contrast_rows(features, lm, sae, int(k))
+    from engine import jobs
+    from engine.prompts import load_prompts
+
+    c1, c2, c3 = st.columns(3)
+    n_prompts = c1.number_input("Prompts (built-in harmless)", 2, 50, 12, key="contrast_prompts", **_PERSIST)
+    max_new = c2.number_input("Answer tokens", 8, 128, 32, key="contrast_tokens", **_PERSIST)
+    top_n = c3.number_input("Show the top", 5, 200, 20, key="contrast_k", **_PERSIST)
+    job = state.attach_job("contrast_job", "contrast", sae=sae.source)
+    if st.button("Search by contrast", type="primary", key="contrast_go", disabled=job is not None and job.running):
+        prompts = load_prompts("builtin:harmless", int(n_prompts))
+
+        def work(j, prompts=prompts, max_new=int(max_new), top_n=int(top_n)):
+            j.set_progress(0, 2, "the model answers the prompts")
+            refusal_pairs, answer_pairs = features.contrast_pairs(lm, prompts, max_new_tokens=max_new)
+            j.set_progress(1, 2, "reading SAE activations")
+            rows = features.contrast_search(lm, sae, refusal_pairs, answer_pairs, top_n=top_n)
+            j.set_progress(2, 2, "")
+            return [{"feature": r.feature, "diff": r.diff, "refusal_mean": r.refusal_mean, "answer_mean": r.answer_mean,
+                     "refusal_freq": r.refusal_freq, "answer_freq": r.answer_freq} for r in rows]
+
+        job = jobs.start_job("contrast", work, meta={"sae": sae.source})
+        state.remember_job("contrast_job", job)
+        st.rerun()
+    _job_result_fragment(job, "contrast_rows")
     _candidates_table(st.session_state.get("contrast_rows") or [], "contrast", sae, "contrast", "refusal_mean")
 
 
-def _contrast_rows(features, lm, sae, k: int) -> list[dict]:
-    result = features.contrast_search(lm, sae, top_k=k)
-    rows = getattr(result, "rows", result)
-    out = []
-    for r in rows:
-        d = r if isinstance(r, dict) else r.__dict__
-        out.append({"feature": int(d.get("feature", d.get("index"))), "score": float(d.get("score", 0.0)),
-                    "refusal_mean": float(d.get("refusal_mean", d.get("mean_refusal", 0.0))),
-                    "answer_mean": float(d.get("answer_mean", d.get("mean_answer", 0.0)))})
-    return out
+def _job_result_fragment(job, result_key: str) -> None:
+    """While ``job`` runs, a progress line that refreshes every second; its result lands in session state."""
+    from ui import render
+
+    if job is None:
+        return
+    ticking = job.running
+
+    @st.fragment(run_every=1.0 if ticking else None)
+    def show() -> None:
+        if job.running:
+            render.job_status(job)
+        elif ticking:
+            st.rerun()
+
+    show()
+    if job.status == "done" and st.session_state.get(f"{result_key}_job") != job.id:
+        st.session_state[result_key] = job.result
+        st.session_state[f"{result_key}_job"] = job.id
+    elif job.status in ("failed", "cancelled") and st.session_state.get(f"{result_key}_job") != job.id:
+        render.job_status(job)
 
 
 def prompt_tab(lm, sae) -> None:
-    st.markdown("The features most active on a text (mean over its tokens).")
+    st.markdown("The features most active on a text (position 0, the attention sink, is skipped).")
     features = _features_module()
     if features is None or not hasattr(features, "features_for_text"):
         st.info("Search by prompt arrives with `engine/features.py` (issue 3).")
         return
     text = st.text_area("Text", "I'm sorry, but I can't help with that request.", key="prompt_text", **_PERSIST)
+    chat = st.toggle("Read it as a user turn in the chat template", value=False, key="prompt_chat", **_PERSIST)
     if st.button("Find active features", key="prompt_go"):
-        with state.shown_errors("search by prompt"):
-            result = features.features_for_text(lm, sae, text, top_k=20)
-            rows = getattr(result, "rows", result)
+        with state.shown_errors("search by prompt"), st.spinner("Reading SAE activations…"):
+            hits = features.features_for_text(lm, sae, text, top_n=20, chat=chat)
             st.session_state["prompt_rows"] = [
-                {"feature": int(d.get("feature", d.get("index"))), "activation": float(d.get("activation", d.get("mean", 0.0)))}
-                for d in (r if isinstance(r, dict) else r.__dict__ for r in rows)
+                {"feature": h.feature, "max_activation": h.max_activation, "mean_activation": h.mean_activation,
+                 "tokens_active": h.n_active, "strongest_on": h.top_token} for h in hits
             ]
-    _candidates_table(st.session_state.get("prompt_rows") or [], "prompt", sae, "prompt search", "activation")
+    _candidates_table(st.session_state.get("prompt_rows") or [], "prompt", sae, "prompt search", "max_activation")
 
 
 def index_tab(sae) -> None:
@@ -180,12 +214,13 @@ def feature_card_section(lm, sae) -> None:
     local, remote = st.columns(2)
     with local:
         if features is not None and hasattr(features, "feature_card"):
-            if st.button("Show local card", key="card_go"):
+            if st.button("Show local card", key="card_go", help="Top contexts from a local corpus, logit effects, frequency"):
                 with state.shown_errors("feature card"), st.spinner("Computing the card…"):
-                    st.session_state["card"] = (idx, features.feature_card(lm, sae, idx))
+                    corpus = _corpus(lm.name, lm)
+                    st.session_state["card"] = (sae.source, idx, features.feature_card(lm, sae, idx, corpus))
             card = st.session_state.get("card")
-            if card and card[0] == idx:
-                render_local_card(card[1])
+            if card and card[:2] == (sae.source, idx):
+                render_local_card(card[2])
         else:
             st.caption("Local feature cards arrive with `engine/features.py` (issue 3).")
     with remote:
@@ -211,16 +246,32 @@ def feature_card_section(lm, sae) -> None:
                     st.caption("".join(ex["tokens"])[:300])
 
 
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _corpus(model_name: str, _lm) -> list[str]:
+    from engine.features import default_corpus
+
+    return default_corpus(_lm, limit=160)
+
+
 def render_local_card(card) -> None:
-    d = card if isinstance(card, dict) else card.__dict__
-    for key, value in d.items():
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            st.markdown(f"**{key.replace('_', ' ')}**")
-            st.dataframe(pd.DataFrame(value), hide_index=True, width="stretch")
-        elif isinstance(value, list):
-            st.markdown(f"**{key.replace('_', ' ')}:** " + ", ".join(f"`{v}`" for v in value[:20]))
-        elif value is not None:
-            st.markdown(f"**{key.replace('_', ' ')}:** {value}")
+    """A FeatureCard: numbers, top contexts with the token marked, logit effects."""
+    import html
+
+    st.markdown(
+        f"**Feature {card.feature}** · fires on {card.frequency:.2%} of {card.n_tokens} corpus tokens · "
+        f"mean when active {card.mean_when_active:.2f} · max {card.max_activation:.2f}"
+    )
+    if card.top_contexts:
+        items = "".join(
+            f"<li>{html.escape(c.before)}<mark style='background:#ffc9c9'>{html.escape(c.token)}</mark>{html.escape(c.after)}"
+            f" <small>({c.activation:.2f})</small></li>" for c in card.top_contexts
+        )
+        st.html(f"<div class='flip-text'><ol style='margin:0;padding-left:1.2rem'>{items}</ol></div>")
+    else:
+        st.caption("It never fires on the local corpus.")
+    up = ", ".join(f"`{e.token.strip() or repr(e.token)}`" for e in card.top_logits)
+    down = ", ".join(f"`{e.token.strip() or repr(e.token)}`" for e in card.bottom_logits)
+    st.markdown(f"**Promotes:** {up}  \n**Suppresses:** {down}")
 
 
 # ------------------------------------------------------------------------------------------------ clamp set

@@ -84,7 +84,7 @@ def _ci_text(summary: dict, key: str) -> str:
 
 def summary_metrics(summary: dict) -> None:
     cols = st.columns(6)
-    cols[0].metric("Non-refusal recovery", f"{summary.get('non_refusal_recovery', 0):.0%}", help=_ci_text(summary, "non_refusal"))
+    cols[0].metric("Non-refusal", f"{summary.get('non_refusal_recovery', 0):.0%}", help=_ci_text(summary, "non_refusal"))
     cols[0].caption(_ci_text(summary, "non_refusal"))
     cols[1].metric("Base-like", f"{summary.get('base_like_recovery', 0):.0%}")
     cols[1].caption(_ci_text(summary, "base_like"))

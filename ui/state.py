@@ -214,3 +214,13 @@ def remember_job(slot: str, job: jobs.Job) -> None:
 
 def presenter() -> bool:
     return bool(st.session_state.get("presenter", False))
+
+
+def run_model_matches(info, lm) -> bool:
+    """Whether the run was made with the loaded model; if not, say so in the page."""
+    made_with = info.config.get("model_id") or info.config.get("model")
+    if made_with and made_with not in (lm.name, "default" if lm.name == "SmolLM2-135M-Instruct" else None):
+        st.error(f"Run `{info.name}` was made with model **{made_with}**, but **{lm.name}** is loaded. "
+                 f"Pick {info.config.get('model', made_with)!r} in the sidebar to continue this run.")
+        return False
+    return True

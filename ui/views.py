@@ -145,11 +145,11 @@ def labeller(run: str, valid: list[dict]) -> None:
         st.session_state[idx_key] = min(max(0, i + step), len(valid) - 1)
 
     cols = st.columns(5)
-    cols[0].button("Genuine refusal (G)", key="lab_genuine", on_click=save, args=("genuine",), shortcut="G", type="primary" if current and current.label == "genuine" else "secondary")
-    cols[1].button("Not a refusal (N)", key="lab_not", on_click=save, args=("not",), shortcut="N", type="primary" if current and current.label == "not" else "secondary")
-    cols[2].button("Unsure (U)", key="lab_unsure", on_click=save, args=("unsure",), shortcut="U", type="primary" if current and current.label == "unsure" else "secondary")
-    cols[3].button("← Prev (K)", key="lab_prev", on_click=move, args=(-1,), shortcut="K", disabled=i == 0)
-    cols[4].button("Next → (J)", key="lab_next", on_click=move, args=(1,), shortcut="J", disabled=i >= len(valid) - 1)
+    cols[0].button("Genuine refusal", key="lab_genuine", on_click=save, args=("genuine",), shortcut="G", type="primary" if current and current.label == "genuine" else "secondary")
+    cols[1].button("Not a refusal", key="lab_not", on_click=save, args=("not",), shortcut="N", type="primary" if current and current.label == "not" else "secondary")
+    cols[2].button("Unsure", key="lab_unsure", on_click=save, args=("unsure",), shortcut="U", type="primary" if current and current.label == "unsure" else "secondary")
+    cols[3].button("← Prev", key="lab_prev", on_click=move, args=(-1,), shortcut="K", disabled=i == 0)
+    cols[4].button("Next →", key="lab_next", on_click=move, args=(1,), shortcut="J", disabled=i >= len(valid) - 1)
     if "label_error" in st.session_state:
         st.error(st.session_state.pop("label_error"))
     st.caption(f"Saved label: **{current.label}**" + (f" — {current.note}" if current.note else "") if current else "Not labelled yet.")

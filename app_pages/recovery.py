@@ -23,7 +23,7 @@ RecoveryConfig, run_recovery, run_sweep = api
 name = state.run_picker("Run (its valid flips are recovered)", key="rec_run", need="flips.jsonl")
 if name is None:
     st.info("No flips runs yet: make one on the Flips page first.")
-    st.page_link("pages/flips.py", label="3 · Flips and labels →")
+    st.page_link("app_pages/flips.py", label="3 · Flips and labels →")
     st.stop()
 info = run_store.get_run(name)
 if state.presenter():  # replay from files only: no model, no network
@@ -32,6 +32,8 @@ if state.presenter():  # replay from files only: no model, no network
     replay.replay_section(name, info)
     st.stop()
 lm, sae = state.require_model()
+if not state.run_model_matches(info, lm):
+    st.stop()
 n_valid = int((info.summary or {}).get("n_valid", 0))
 judge_cfg = JudgeConfig.from_json(info.config.get("judge"))
 

@@ -21,7 +21,7 @@ if clamp["features"]:
     )
 else:
     st.warning("The clamp set is empty. Add features on the Features page first.")
-    st.page_link("pages/features.py", label="2 · Features and clamp →")
+    st.page_link("app_pages/features.py", label="2 · Features and clamp →")
 
 job = state.attach_job("flips_job", "flips")
 

@@ -41,9 +41,9 @@ else:
     st.info("No clamp set yet: find refusal features on the Features page.")
 
 c1, c2, c3 = st.columns(3)
-c1.page_link("pages/features.py", label="2 · Features and clamp →")
-c2.page_link("pages/flips.py", label="3 · Flips and labels →")
-c3.page_link("pages/runs.py", label="6 · Saved runs →")
+c1.page_link("app_pages/features.py", label="2 · Features and clamp →")
+c2.page_link("app_pages/flips.py", label="3 · Flips and labels →")
+c3.page_link("app_pages/runs.py", label="6 · Saved runs →")
 
 rows = state.registry_options(lm.name if lm.name != "SmolLM2-135M-Instruct" else "default")
 with st.expander(f"sae_lens registry SAEs for this model ({len(rows)})", expanded=False):

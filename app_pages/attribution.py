@@ -1,0 +1,96 @@
+"""Step 5: split each recovered δ into parts (clamped / non-clamped / top-k / SAE residual), replay each alone."""
+
+import streamlit as st
+
+from engine import jobs, run_store
+from engine.errors import LabError
+from ui import attribution_views as av
+from ui import charts, render, state
+
+st.title("Attribution: which part of δ carries the recovery?")
+st.caption(
+    "δ is split through the SAE into the part on the clamped features, on the other features, on the top-k most "
+    "changed features, and the SAE's reconstruction residual. Each part is replayed **alone** under the clamp. "
+    "Decoder directions are not orthogonal, so the parts' norms are not shares: the replay is the evidence."
+)
+run_attribution = av.attribution_api()
+
+name = state.run_picker("Run (with recovery results)", key="attr_run", need="recovery.jsonl")
+if name is None:
+    st.info("No run has recovery results yet: run Recovery first.")
+    st.page_link("app_pages/recovery.py", label="4 · Recovery →")
+    st.stop()
+info = run_store.get_run(name)
+
+job = state.attach_job("attribution_job", "attribution", run=name)
+if run_attribution is None:
+    st.warning("The attribution engine (engine/attribution) is not installed in this checkout; saved results are shown.")
+elif not state.presenter():
+    c1, c2 = st.columns([1, 3])
+    top_k = c1.number_input("k (top changed features)", 0, 1000, 10, key="attr_k", persist_state="session")
+    c2.write("")
+    if c2.button("Run attribution", type="primary", key="start_attribution", disabled=job is not None and job.running):
+        lm, sae = state.require_model()
+        if not state.run_model_matches(info, lm):
+            st.stop()
+        run_dir = info.path
+
+        def work(j: jobs.Job, run_dir=run_dir, k=int(top_k)):
+            j.set_progress(0, 1, "replaying components")
+            return run_attribution(run_dir, k, lm=lm, on_event=j.log, cancel=j.cancel)
+
+        job = jobs.start_job("attribution", work, meta={"run": name})
+        state.remember_job("attribution_job", job)
+        st.rerun()
+
+ticking = job is not None and job.running
+
+
+@st.fragment(run_every=1.0 if ticking else None)
+def live() -> None:
+    current = jobs.get_job(job.id) if job else None
+    if current is None:
+        return
+    if current.running:
+        render.job_status(current)
+        if st.button("Cancel", key="cancel_attribution"):
+            current.request_cancel()
+    elif ticking:
+        st.rerun()
+    elif current.status in ("failed", "cancelled"):
+        render.job_status(current)
+
+
+live()
+
+if info.has_attribution and not ticking:
+    try:
+        records = run_store.read_records(name, "attribution.jsonl")
+    except LabError as exc:
+        st.error(str(exc))
+        st.stop()
+    agg = av.aggregate_rows(records)
+    st.subheader(f"All {len(records)} recovered examples")
+    left, right = st.columns([3, 2])
+    left.altair_chart(charts.attribution_aggregate_chart(agg), width="stretch")
+    right.altair_chart(charts.attribution_heatmap(av.heatmap_rows(records)), width="stretch")
+    st.caption("Paper (gemma-2-2b-it, n = 24): full 23 · residual 23 · non-clamped 2 · top-k 1 · clamped 0 · knockout 21.")
+    st.subheader("One example")
+    ids = [r.get("id") for r in records]
+    pick = st.selectbox("Prompt", ids, format_func=lambda i: f"#{i}", key="attr_pick")
+    rec = next(r for r in records if r.get("id") == pick)
+    if rec.get("prompt"):
+        st.markdown(f"**#{pick}** {rec['prompt']}")
+    st.altair_chart(charts.attribution_example_chart(av.example_rows(rec), f"Prompt #{pick}: each part replayed alone"), width="stretch")
+    st.subheader("Top-k changed features")
+    sae = None
+    try:
+        sae = state.get_sae()
+    except LabError:
+        pass
+    rows = av.topk_rows(records, sae)
+    if rows:
+        st.altair_chart(charts.topk_chart(rows[:30]), width="stretch")
+    av.topk_table(rows)
+elif not ticking:
+    st.info("No attribution results for this run yet." + (" Run it above." if run_attribution else ""))

@@ -1,0 +1,81 @@
+"""Step 6: every saved run — open, compare two, delete, export as a zip, charts as PNG/SVG for slides."""
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from engine import labels, run_store
+from engine.errors import LabError
+from ui import run_views, state
+
+st.title("Runs")
+st.caption(f"Saved under `{run_store.runs_root().resolve()}` (set `SAE_LAB_DATA` to move it). CLI runs written there show up too.")
+
+runs = run_store.list_runs()
+if not runs:
+    st.info("No runs yet: make one on the Flips page (or with `python -m engine flips --out data/runs/NAME`).")
+    st.stop()
+
+st.dataframe(pd.DataFrame([r.row() for r in runs]), hide_index=True, width="stretch")
+names = [r.name for r in runs]
+tab_open, tab_compare, tab_export, tab_delete = st.tabs(["Open", "Compare two", "Export", "Delete"])
+
+with tab_open:
+    name = state.run_picker("Run", key="runs_open", need="config.json")
+    try:
+        info = run_store.get_run(name)
+    except LabError as exc:
+        st.error(str(exc))
+        st.stop()
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Settings** (`config.json`)")
+        st.json({k: v for k, v in info.config.items() if k != "judge"}, expanded=False)
+        st.markdown("**Hand labels:** " + ", ".join(f"{k} {v}" for k, v in labels.label_counts(name).items()))
+    with c2:
+        for title, data in (("Flips summary", info.summary), ("Recovery summary", info.recovery_summary),
+                            ("Attribution summary", info.attribution_summary)):
+            if data:
+                st.markdown(f"**{title}**")
+                st.json(data, expanded=False)
+    st.markdown("**Files:** " + ", ".join(sorted(p.name for p in info.path.iterdir())))
+    st.subheader("Charts for slides")
+    run_views.chart_downloads(info)
+
+with tab_compare:
+    if len(names) < 2:
+        st.info("Compare needs two runs.")
+    else:
+        c1, c2 = st.columns(2)
+        a = c1.selectbox("Run A", names, index=0, key="cmp_a")
+        b = c2.selectbox("Run B", names, index=1, key="cmp_b")
+        only_diff = st.toggle("Differences only", value=True, key="cmp_diff")
+        try:
+            rows = run_store.compare_runs(a, b)
+            shown = [r for r in rows if not r["same"]] if only_diff else rows
+            st.dataframe(pd.DataFrame(shown, columns=["field", "a", "b", "same"]).astype({"a": str, "b": str}),
+                         hide_index=True, width="stretch")
+        except LabError as exc:
+            st.error(str(exc))
+
+with tab_export:
+    name_x = st.selectbox("Run to export", names, key="export_run")
+    st.caption("A zip with every JSON/JSONL file, each JSONL also as CSV and parquet, the δ tensors, and the hand labels CSV.")
+    st.download_button("Download the run as a zip", data=lambda: run_store.export_zip(name_x), file_name=f"{name_x}.zip",
+                       mime="application/zip", key="export_zip")
+    st.download_button("Download config.json", data=json.dumps(run_store.get_run(name_x).config, indent=2),
+                       file_name=f"{name_x}-config.json", mime="application/json", key="export_config")
+
+with tab_delete:
+    name_d = st.selectbox("Run to delete", names, key="delete_run")
+    sure = st.checkbox(f"Yes, delete `{name_d}` and its hand labels for good", key="delete_sure")
+    if st.button("Delete run", disabled=not sure, key="delete_go"):
+        try:
+            run_store.delete_run(name_d)
+            if state.current_run() == name_d:
+                state.set_current_run(None)
+            st.toast(f"Deleted {name_d}")
+            st.rerun()
+        except LabError as exc:
+            st.error(str(exc))
