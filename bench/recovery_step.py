@@ -1,0 +1,124 @@
+"""One recovery step ÷ one naive full-model step, default model, same tokens, one run; plus batch throughput.
+
+    .venv/bin/python bench/recovery_step.py [--repeats 5] [--batch 8]
+
+* recovery step: blocks ℓ+1..L−1 from the cached h(ℓ), gradient w.r.t. δ only, unembedding at answer positions,
+  encoder projection and Adam (what ``engine.recovery.optimize`` does each step);
+* naive A: full forward + backward with parameter gradients (what a straightforward implementation pays);
+* naive B: full forward + backward with parameters frozen (gradient w.r.t. δ only, but all layers and all
+  positions unembedded).
+Throughput: prompts·steps per second at batch B vs batch 1 (same prompts). Goals: ratio A ≤ 0.30; on a GPU,
+batch 8 throughput ≥ 4× batch 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from _common import default_clamp, prompts, write
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+
+    from engine.clamp import clamped
+    from engine.generation import GenerationConfig, generate
+    from engine.models import load_model
+    from engine.recovery.config import RecoveryConfig
+    from engine.recovery.optimize import DeltaObjective
+    from engine.recovery.problem import build_problem, default_delta_layer
+    from engine.recovery.projection import EncoderProjector
+
+    lm = load_model("default", args.device)
+    spec, clamp_desc = default_clamp(lm)
+    ps, source = prompts(args.batch)
+    answers = [g.text for g in generate(lm, ps, GenerationConfig(max_new_tokens=48, batch_size=args.batch))]
+    flips = [{"id": i, "prompt": p, "base_text": a, "clamped_text": ""} for i, (p, a) in enumerate(zip(ps, answers))]
+    layer = default_delta_layer([spec], "encoder")
+    cfg = RecoveryConfig()
+
+    def make(batch):
+        problem = build_problem(lm, [spec], batch, cfg.answer_tokens, layer)
+        obj = DeltaObjective(lm, [spec], problem)
+        rows = torch.zeros_like(problem.h_def, requires_grad=True)
+        gen = torch.zeros(problem.h_def.shape[0], lm.d_model, device=lm.device, requires_grad=True)
+        opt = torch.optim.Adam([rows, gen], lr=0.1)
+        proj = EncoderProjector(obj.same_layer)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            obj.losses(obj.evaluate(rows, gen), "answer", 5.0).sum().backward()
+            with torch.no_grad():
+                for t in (rows, gen):
+                    t.grad.copy_(proj(t.grad))
+            opt.step()
+
+        return problem, step
+
+    problem1, step1 = make(flips[:1])
+    tokens = problem1.tokens
+    n_tokens = tokens.shape[1]
+    t_step = timed(step1, args.repeats)
+
+    params = [p for p in lm.model.parameters()]
+
+    def naive(with_params: bool):
+        for p in params:
+            p.requires_grad_(with_params)
+        delta = torch.zeros(1, n_tokens, lm.d_model, device=lm.device, requires_grad=True)
+
+        def add(act, hook):
+            return act + delta
+
+        def run():
+            lm.model.zero_grad(set_to_none=True)
+            with clamped(lm, [spec], [(f"blocks.{layer}.hook_resid_post", add)]):
+                logits = lm.model(tokens)
+            logp = logits.log_softmax(-1)[0, :-1].gather(-1, tokens[0, 1:, None])
+            (-logp.mean()).backward()
+
+        return run
+
+    with torch.enable_grad():
+        t_full_params = timed(naive(True), args.repeats)
+        t_full_frozen = timed(naive(False), args.repeats)
+    for p in params:
+        p.requires_grad_(False)
+
+    _, step_b = make(flips[: args.batch])
+    t_batch = timed(step_b, max(2, args.repeats // 2))
+    write("recovery_step", {
+        "what": "seconds per optimisation step; ratios vs naive full-model steps on the same tokens",
+        "device": str(lm.device), "clamp": clamp_desc, "delta_layer": layer, "tokens": n_tokens, "prompt_source": source,
+        "recovery_step_s": t_step, "full_fwd_bwd_param_grads_s": t_full_params, "full_fwd_bwd_frozen_s": t_full_frozen,
+        "ratio_vs_param_grads": t_step / t_full_params, "ratio_vs_frozen": t_step / t_full_frozen,
+        "batch": args.batch, "batch_step_s": t_batch,
+        "throughput_prompt_steps_per_s": {"batch_1": 1 / t_step, f"batch_{args.batch}": args.batch / t_batch},
+        "batch_speedup": (args.batch / t_batch) / (1 / t_step),
+        "goals": {"ratio_vs_param_grads": "<= 0.30", "gpu_batch_speedup": ">= 4"},
+    })
+
+
+if __name__ == "__main__":
+    main()
