@@ -33,11 +33,15 @@ elif not state.presenter():
         lm, sae = state.require_model()
         if not state.run_model_matches(info, lm):
             st.stop()
-        run_dir = info.path
+        run_dir, total = info.path, len(run_store.read_records(name, "recovery.jsonl"))
 
-        def work(j: jobs.Job, run_dir=run_dir, k=int(top_k)):
-            j.set_progress(0, 1, "replaying components")
-            return run_attribution(run_dir, k, lm=lm, on_event=j.log, cancel=j.cancel)
+        def work(j: jobs.Job, run_dir=run_dir, k=int(top_k), total=total):
+            def on_record(rec: dict) -> None:
+                j.log(rec)
+                j.set_progress(j.n_events, total)
+
+            j.set_progress(0, total, "replaying each part under the clamp")
+            return run_attribution(run_dir, k, lm=lm, cancel=j.cancel, on_record=on_record)
 
         job = jobs.start_job("attribution", work, meta={"run": name})
         state.remember_job("attribution_job", job)
@@ -82,6 +86,8 @@ if info.has_attribution and not ticking:
     if rec.get("prompt"):
         st.markdown(f"**#{pick}** {rec['prompt']}")
     st.altair_chart(charts.attribution_example_chart(av.example_rows(rec), f"Prompt #{pick}: each part replayed alone"), width="stretch")
+    with st.expander("What each part generates when replayed alone"):
+        av.component_texts(rec)
     st.subheader("Top-k changed features")
     sae = None
     try:

@@ -96,3 +96,13 @@ def topk_table(rows: list[dict]) -> None:
     df = pd.DataFrame(rows)
     st.dataframe(df, hide_index=True, width="stretch",
                  column_config={"link": st.column_config.LinkColumn("Neuronpedia", display_text="open")})
+
+
+def component_texts(record: dict) -> None:
+    from ui import render
+
+    for name, value in _components(record).items():
+        if "text" in value:
+            verdict = ":green[restored]" if value.get("non_refusal") else ":red[still refuses]"
+            st.markdown(f"**{charts.COMPONENT_LABELS.get(name, name)}** — {verdict} · log-prob gain {(_gain(value) or 0.0):+.2f}")
+            st.html(render.highlighted(str(value.get("text", "")), None))
