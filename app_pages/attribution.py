@@ -76,8 +76,9 @@ if info.has_attribution and not ticking:
     agg = av.aggregate_rows(records)
     st.subheader(f"All {len(records)} recovered examples")
     left, right = st.columns([3, 2])
-    left.altair_chart(charts.attribution_aggregate_chart(agg), width="stretch")
-    right.altair_chart(charts.attribution_heatmap(av.heatmap_rows(records)), width="stretch")
+    agg_chart, heat_chart = charts.attribution_aggregate_chart(agg), charts.attribution_heatmap(av.heatmap_rows(records))
+    left.altair_chart(agg_chart, width="stretch", height=charts.chart_height(agg_chart))
+    right.altair_chart(heat_chart, width="stretch", height=charts.chart_height(heat_chart))
     st.caption("Paper (gemma-2-2b-it, n = 24): full 23 · residual 23 · non-clamped 2 · top-k 1 · clamped 0 · knockout 21.")
     st.subheader("One example")
     ids = [r.get("id") for r in records]
@@ -85,7 +86,8 @@ if info.has_attribution and not ticking:
     rec = next(r for r in records if r.get("id") == pick)
     if rec.get("prompt"):
         st.markdown(f"**#{pick}** {rec['prompt']}")
-    st.altair_chart(charts.attribution_example_chart(av.example_rows(rec), f"Prompt #{pick}: each part replayed alone"), width="stretch")
+    ex_chart = charts.attribution_example_chart(av.example_rows(rec), f"Prompt #{pick}: each part replayed alone")
+    st.altair_chart(ex_chart, width="stretch", height=charts.chart_height(ex_chart))
     with st.expander("What each part generates when replayed alone"):
         av.component_texts(rec)
     st.subheader("Top-k changed features")
@@ -96,7 +98,8 @@ if info.has_attribution and not ticking:
         pass
     rows = av.topk_rows(records, sae)
     if rows:
-        st.altair_chart(charts.topk_chart(rows[:30]), width="stretch")
+        top_chart = charts.topk_chart(rows[:30])
+        st.altair_chart(top_chart, width="stretch", height=charts.chart_height(top_chart))
     av.topk_table(rows)
 elif not ticking:
     st.info("No attribution results for this run yet." + (" Run it above." if run_attribution else ""))

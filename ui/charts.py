@@ -54,73 +54,87 @@ def sweep_chart(rows: list[dict]) -> alt.Chart:
     return (line + bars).properties(height=280)
 
 
+def _order(df: pd.DataFrame) -> list[str]:
+    present = set(df["component"])
+    return [COMPONENT_LABELS.get(c, c) for c in COMPONENTS if c in present] + [c for c in df["component"] if c not in COMPONENT_LABELS]
+
+
+OUTCOME_SCALE = alt.Scale(domain=["restored", "still refuses"], range=["#2b8a3e", "#e03131"])
+
+
 def attribution_aggregate_chart(rows: list[dict]) -> alt.Chart:
-    """Bars: how many examples each component alone restores (non-refusal), out of n."""
+    """Horizontal bars: how many examples each component alone restores (non-refusal), out of n."""
     df = pd.DataFrame(rows or [], columns=["component", "restored", "n", "mean_gain"])
     df["label"] = df["component"].map(lambda c: COMPONENT_LABELS.get(c, c))
-    order = [COMPONENT_LABELS.get(c, c) for c in COMPONENTS if c in set(df["component"])]
-    return (
-        alt.Chart(df, title="Replayed alone under the clamp: examples restored")
-        .mark_bar()
-        .encode(
-            x=alt.X("label:N", sort=order, title="", axis=alt.Axis(labelAngle=-20)),
-            y=alt.Y("restored:Q", title="non-refusal (count)"),
-            color=alt.Color("label:N", sort=order, legend=None),
-            tooltip=["label", "restored", "n", alt.Tooltip("mean_gain:Q", format=".3f", title="mean base log-prob gain")],
-        )
-        .properties(height=280)
+    df["text"] = [f"{r} / {n}" for r, n in zip(df["restored"], df["n"])]
+    n = int(df["n"].max()) if len(df) else 1
+    base = alt.Chart(df, title="Each part replayed alone under the clamp: examples restored").encode(
+        y=alt.Y("label:N", sort=_order(df), title="", axis=alt.Axis(labelLimit=240)),
     )
+    bars = base.mark_bar(color="#2b8a3e").encode(
+        x=alt.X("restored:Q", title="examples restored (non-refusal)", scale=alt.Scale(domain=[0, max(1, n)]),
+                axis=alt.Axis(format="d", tickMinStep=1)),
+        tooltip=["label", "restored", "n", alt.Tooltip("mean_gain:Q", format=".3f", title="mean base log-prob gain")],
+    )
+    text = base.mark_text(align="left", dx=4).encode(x="restored:Q", text="text:N")
+    return (bars + text).properties(height=36 * max(1, len(df)))
 
 
 def attribution_example_chart(rows: list[dict], title: str) -> alt.Chart:
-    """Bars for one example: base log-prob gain per component, coloured by whether it restored the answer."""
+    """Horizontal bars for one example: base log-prob gain per component, coloured by whether it restored the answer."""
     df = pd.DataFrame(rows or [], columns=["component", "non_refusal", "base_logprob_gain"])
     df["label"] = df["component"].map(lambda c: COMPONENT_LABELS.get(c, c))
     df["outcome"] = df["non_refusal"].map(lambda v: "restored" if v else "still refuses")
-    order = [COMPONENT_LABELS.get(c, c) for c in COMPONENTS if c in set(df["component"])]
     return (
         alt.Chart(df, title=title)
         .mark_bar()
         .encode(
-            x=alt.X("label:N", sort=order, title="", axis=alt.Axis(labelAngle=-20)),
-            y=alt.Y("base_logprob_gain:Q", title="base answer log-prob gain"),
-            color=alt.Color("outcome:N", scale=alt.Scale(domain=["restored", "still refuses"], range=["#2b8a3e", "#c92a2a"]), title=""),
+            y=alt.Y("label:N", sort=_order(df), title="", axis=alt.Axis(labelLimit=240)),
+            x=alt.X("base_logprob_gain:Q", title="gain in log-prob of the base answer vs the defended model"),
+            color=alt.Color("outcome:N", scale=OUTCOME_SCALE, title=""),
             tooltip=["label", "outcome", alt.Tooltip("base_logprob_gain:Q", format=".3f")],
         )
-        .properties(height=260)
+        .properties(height=36 * max(1, len(df)))
     )
 
 
 def attribution_heatmap(rows: list[dict]) -> alt.Chart:
-    """Examples × components: restored or not (the whole run at a glance)."""
+    """Components × examples: restored or not (the whole run at a glance)."""
     df = pd.DataFrame(rows or [], columns=["id", "component", "non_refusal"])
     df["label"] = df["component"].map(lambda c: COMPONENT_LABELS.get(c, c))
     df["outcome"] = df["non_refusal"].map(lambda v: "restored" if v else "still refuses")
-    order = [COMPONENT_LABELS.get(c, c) for c in COMPONENTS if c in set(df["component"])]
     return (
         alt.Chart(df, title="Every example")
         .mark_rect(stroke="white")
         .encode(
-            x=alt.X("label:N", sort=order, title="", axis=alt.Axis(labelAngle=-20)),
-            y=alt.Y("id:O", title="prompt id"),
-            color=alt.Color("outcome:N", scale=alt.Scale(domain=["restored", "still refuses"], range=["#2b8a3e", "#f1aeb5"]), title=""),
+            x=alt.X("id:O", title="prompt id", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("label:N", sort=_order(df), title="", axis=alt.Axis(labelLimit=240)),
+            color=alt.Color("outcome:N", scale=OUTCOME_SCALE, title=""),
             tooltip=["id", "label", "outcome"],
         )
+        .properties(height=36 * max(1, df["component"].nunique()))
     )
 
 
 def topk_chart(rows: list[dict]) -> alt.Chart:
     df = pd.DataFrame(rows or [], columns=["feature", "count", "mean_abs_dz"])
+    df["feature"] = df["feature"].astype(str)
     return (
         alt.Chart(df, title="Top-k changed features (across examples)")
         .mark_bar()
         .encode(
             y=alt.Y("feature:N", sort="-x", title="feature"),
-            x=alt.X("mean_abs_dz:Q", title="mean |δz|"),
+            x=alt.X("mean_abs_dz:Q", title="mean ‖δz‖ over the prompt positions"),
             tooltip=["feature", "count", alt.Tooltip("mean_abs_dz:Q", format=".3f")],
         )
-        .properties(height=max(120, 18 * len(df)))
+        .properties(height=22 * max(1, len(df)))
     )
+
+
+def chart_height(chart) -> int | None:
+    """The chart's own height plus room for its title and axis (Streamlit needs it for band-scaled charts)."""
+    h = getattr(chart, "height", None)
+    return int(h) + 90 if isinstance(h, (int, float)) else None
 
 
 def to_png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:

@@ -48,13 +48,16 @@ def make_flips_run(data: Path, name: str = "tiny-run", n: int = 3, valid: bool =
     config = {"command": "flips", "model": "tiny", "model_id": "tiny", "sae": "tiny", "device": "cpu", "seed": 0,
               "max_new_tokens": 4, "batch_size": 4, "clamps": [clamp], "judge": None, "created": time.time()}
     (run / "config.json").write_text(json.dumps(config))
+    from engine.judge import judge
+
     refusal = "I'm sorry, but I can't help with that."
+    reasons = judge(refusal).to_json()["reasons"]
     rows = []
     for i in range(n):
         rows.append({
             "id": i, "prompt": f"Tell me about rivers, part {i}.", "base_text": "Rivers carry water to the sea.",
             "clamped_text": refusal, "base_refusal": False, "clamped_refusal": valid, "valid": valid, "clamped_degenerate": False,
-            "base_reasons": [], "clamped_reasons": [{"rule": "refusal_statement", "start": 14, "end": 25, "text": "I can't", "decides": True}],
+            "base_reasons": [], "clamped_reasons": reasons,
         })
     (run / "flips.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {"n_prompts": n, "n_valid": n if valid else 0, "features": [1, 2, 3], "mode": "set", "value": [5.0]}

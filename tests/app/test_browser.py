@@ -1,0 +1,213 @@
+"""End to end in a real browser: `streamlit run dashboard.py` driven by Debian's headless Chromium.
+
+pick the default → contrast search → clamp preset → flips on 4 prompts → label one → recovery for a few steps
+with the live chart updating → attribution → runs. Screenshots land in ``test-artifacts/``; any exception
+element on any page fails the test. A second test kills the server with SIGKILL mid-session and checks that
+the hand labels are still there after a restart.
+
+The flow runs on the offline default model when its SAE is shipped (``engine/default_sae``); otherwise on the
+tiny model (set ``SAE_LAB_BROWSER_MODEL`` to force one). Skipped when chromium or playwright is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import pytest
+
+from tests.app import browser as b
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not b.chromium_available(), reason="needs /usr/bin/chromium and playwright (scripts/setup.sh --dev)"),
+]
+
+
+def _model() -> str:
+    forced = os.environ.get("SAE_LAB_BROWSER_MODEL")
+    if forced:
+        return forced
+    from engine.saes import default_sae_names
+
+    return "default" if default_sae_names() else "tiny"
+
+
+def _labels(data, run: str) -> dict:
+    from engine import labels
+
+    assert os.environ["SAE_LAB_DATA"] == str(data)
+
+    return {k: v.label for k, v in labels.get_labels(run).items()}
+
+
+def _current_run(data) -> str:
+    runs = sorted((data / "runs").iterdir(), key=lambda p: json.loads((p / "config.json").read_text()).get("created", 0))
+    return runs[-1].name
+
+
+def _progress_text(page) -> str:
+    bars = page.locator("[data-testid='stProgress']")
+    return bars.first.inner_text() if bars.count() else ""
+
+
+def test_full_flow_in_a_real_browser(lab_env):
+    from playwright.sync_api import sync_playwright
+
+    model = _model()
+    data = lab_env
+    server = b.Server(data, model, log=b.ARTIFACTS / "browser-server.log").start()
+    steps: list[tuple[str, float]] = []
+    t0 = time.time()
+    try:
+        with sync_playwright() as pw:
+            browser = b.launch(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(300_000)
+
+            # 1 · pick: the offline default (or tiny) is selected without touching anything.
+            page.goto(server.url)
+            b.settle(page, 180)
+            page.get_by_text("Pick a model and an SAE").first.wait_for()
+            b.assert_no_exception(page, "pick")
+            b.shot(page, "01-pick")
+            steps.append(("pick", time.time() - t0))
+
+            # 2 · contrast search.
+            b.nav(page, "2 · Features and clamp")
+            b.set_number(page, "Prompts (built-in harmless)", 4)
+            b.set_number(page, "Answer tokens", 16)
+            b.click(page, "Search by contrast")
+            page.get_by_role("button", name=re.compile(r"Add the top \d+ to the clamp set")).wait_for(timeout=300_000)
+            b.settle(page)
+            b.assert_no_exception(page, "contrast search")
+            b.shot(page, "02-contrast-search")
+            steps.append(("contrast", time.time() - t0))
+
+            # 3 · clamp preset: the shipped one for the default SAE; for tiny, save the contrast top 5 and load it back.
+            page.get_by_text("Presets: save and load clamp sets").click()
+            b.settle(page)
+            if model != "default":
+                b.click(page, "Add the top 5 to the clamp set")
+                page.get_by_text("Presets: save and load clamp sets").click() if not page.get_by_label("Save the current clamp set as").is_visible() else None
+                page.get_by_label("Save the current clamp set as").fill("e2e")
+                page.get_by_label("Save the current clamp set as").press("Enter")
+                b.settle(page)
+                b.click(page, "Save preset")
+                b.click(page, "Clear the clamp set")
+                if not page.get_by_role("button", name="Load preset").is_visible():
+                    page.get_by_text("Presets: save and load clamp sets").click()
+                    b.settle(page)
+            b.click(page, "Load preset")
+            page.get_by_text(re.compile(r"\d+ features · mode \*?\*?\w+")).first.wait_for()
+            b.assert_no_exception(page, "clamp preset")
+            b.shot(page, "03-clamp-preset")
+            steps.append(("preset", time.time() - t0))
+
+            # 4 · flips on 4 prompts.
+            b.nav(page, "3 · Flips and labels")
+            b.set_number(page, "How many prompts", 4)
+            b.set_number(page, "Max new tokens", 32 if model == "default" else 8)
+            b.click(page, "Run base vs clamped")
+            page.get_by_text("Valid flips", exact=True).first.wait_for(timeout=600_000)
+            b.settle(page)
+            b.assert_no_exception(page, "flips")
+            b.shot(page, "04-flips")
+            steps.append(("flips", time.time() - t0))
+            run = _current_run(data)
+            summary = json.loads((data / "runs" / run / "summary.json").read_text())
+            assert summary["n_prompts"] == 4
+            if summary["n_valid"] == 0:  # a small run can find none (always, on the random tiny model)
+                run = b.seed_valid_run(data, run)
+                page.reload()
+                b.settle(page)
+                b.choose(page, "Run", run)
+
+            # 5 · label one flip.
+            b.click(page, "Genuine refusal")
+            page.get_by_text(re.compile(r"1/\d+ valid flips labelled")).first.wait_for()
+            assert list(_labels(data, run).values()) == ["genuine"]
+            b.assert_no_exception(page, "labels")
+            b.shot(page, "05-label")
+            steps.append(("label", time.time() - t0))
+
+            # 6 · recovery for a few steps; the live chart and progress must move while it runs.
+            b.nav(page, "4 · Recovery")
+            b.set_number(page, "Steps", 8)
+            b.set_number(page, "Valid flips to recover", 2)
+            page.get_by_role("button", name="More settings").click()
+            b.set_number(page, "Recovered answer length (tokens)", 16)
+            page.keyboard.press("Escape")
+            b.click(page, "Start recovery")
+            page.get_by_text("Loss per step").first.wait_for()
+            first = _progress_text(page)
+            seen = {first}
+            deadline = time.time() + 300
+            while time.time() < deadline and len(seen) < 2 and page.get_by_role("button", name="Cancel").count():
+                time.sleep(0.5)
+                seen.add(_progress_text(page))
+            b.shot(page, "06-recovery-live")
+            assert len(seen) >= 2 or not page.get_by_role("button", name="Cancel").count(), "the live progress never changed"
+            page.get_by_text("Results", exact=True).first.wait_for(timeout=600_000)
+            b.settle(page)
+            assert page.locator("[data-testid='stVegaLiteChart']").count() >= 2
+            b.assert_no_exception(page, "recovery")
+            b.shot(page, "07-recovery-results")
+            steps.append(("recovery", time.time() - t0))
+            assert (data / "runs" / run / "recovery_summary.json").is_file()
+
+            # 7 · attribution.
+            b.nav(page, "5 · Attribution")
+            b.set_number(page, "k (top changed features)", 3)
+            b.click(page, "Run attribution")
+            page.get_by_text(re.compile(r"All \d+ recovered examples")).first.wait_for(timeout=600_000)
+            b.settle(page)
+            b.assert_no_exception(page, "attribution")
+            b.shot(page, "08-attribution")
+            steps.append(("attribution", time.time() - t0))
+
+            # 8 · runs.
+            b.nav(page, "6 · Runs")
+            b.assert_no_exception(page, "runs")
+            b.shot(page, "09-runs")
+            steps.append(("runs", time.time() - t0))
+            browser.close()
+    finally:
+        server.stop()
+        (b.ARTIFACTS / "browser-timings.json").write_text(json.dumps({"model": model, "elapsed_s": dict(steps)}, indent=2))
+
+
+def test_labels_survive_kill_9_of_the_server(lab_env):
+    from playwright.sync_api import sync_playwright
+
+    from tests.app.apphelpers import make_flips_run
+
+    data = lab_env
+    make_flips_run(data, "crash-run", n=3)
+    port = b.free_port()
+    server = b.Server(data, "tiny", port=port, log=b.ARTIFACTS / "crash-server.log").start()
+    try:
+        with sync_playwright() as pw:
+            browser = b.launch(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.goto(f"{server.url}/flips")
+            b.settle(page, 180)
+            page.get_by_label("Note (optional)").fill("survives a crash")
+            page.get_by_label("Note (optional)").press("Enter")
+            b.settle(page)
+            b.click(page, "Genuine refusal")
+            page.get_by_text("1/3 valid flips labelled").first.wait_for()
+            server.kill9()  # mid-session, no clean shutdown
+            server = b.Server(data, "tiny", port=port, log=b.ARTIFACTS / "crash-server.log").start()
+            page.goto(f"{server.url}/flips")
+            b.settle(page, 180)
+            page.get_by_text("1/3 valid flips labelled").first.wait_for()
+            b.assert_no_exception(page, "after restart")
+            b.shot(page, "10-labels-after-kill-9")
+            browser.close()
+    finally:
+        server.stop()
+    labels = _labels(data, "crash-run")
+    assert labels == {0: "genuine"}
