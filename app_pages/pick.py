@@ -48,8 +48,7 @@ c3.page_link("app_pages/runs.py", label="6 · Saved runs →")
 rows = state.registry_options(lm.name if lm.name != "SmolLM2-135M-Instruct" else "default")
 with st.expander(f"sae_lens registry SAEs for this model ({len(rows)})", expanded=False):
     if rows:
-        hub = state.hub_status()
-        if not hub:
+        if state.hub_status() is False:
             st.warning("The model hub is unreachable: registry SAEs are listed but cannot be downloaded now.")
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     else:

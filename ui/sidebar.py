@@ -79,7 +79,8 @@ def _status(sb, compact: bool = False) -> None:
     name, device = state.model_choice()
     hub = state.hub_status()
     gpu = torch.cuda.is_available()
-    lines = [f"**Hub:** {'reachable' if hub else 'offline'} · **GPU:** {'yes' if gpu else 'no'}"]
+    hub_text = "checking…" if hub is None else "reachable" if hub else "offline"
+    lines = [f"**Hub:** {hub_text} · **GPU:** {'yes' if gpu else 'no'}"]
     try:
         lm = state.get_lm()
         lines.insert(0, f"**Model:** {lm.name} on `{lm.device}`")

@@ -48,8 +48,12 @@ def _load_sae(spec: str, model_name: str, device: str):
 
 @st.cache_resource(show_spinner=False)
 def registry_options(model_name: str) -> list[dict]:
+    """sae_lens registry SAEs for ``model_name`` (none for the offline default and tiny: no release targets them,
+    and reading the registry costs a second or two of start-up)."""
     from engine.saes import registry_saes
 
+    if model_name in ("default", "tiny", "SmolLM2-135M-Instruct"):
+        return []
     try:
         return registry_saes(model_name)
     except Exception:  # noqa: BLE001 - a broken registry must not break the sidebar
@@ -58,10 +62,24 @@ def registry_options(model_name: str) -> list[dict]:
 
 
 @st.cache_resource(show_spinner=False)
-def hub_status() -> bool:
+def _hub_probe() -> dict:
+    """Ask once, in the background: an unreachable hub can take seconds to time out, and nothing should wait."""
+    import threading
+
     from engine.hub import hub_reachable
 
-    return hub_reachable()
+    result: dict = {"reachable": None}
+
+    def probe() -> None:
+        result["reachable"] = hub_reachable()
+
+    threading.Thread(target=probe, name="hub-probe", daemon=True).start()
+    return result
+
+
+def hub_status() -> bool | None:
+    """True/False once known; None while the background check is still running."""
+    return _hub_probe()["reachable"]
 
 
 def model_choice() -> tuple[str, str]:

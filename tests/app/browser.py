@@ -91,14 +91,14 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
-def settle(page, timeout: float = 120) -> None:
-    """Wait until the script has finished and nothing is stale (three quiet checks in a row)."""
+def settle(page, timeout: float = 120, interval: float = 0.3, checks: int = 3) -> None:
+    """Wait until the script has finished and nothing is stale (``checks`` quiet polls in a row)."""
     end, quiet = time.time() + timeout, 0
     while time.time() < end:
         quiet = quiet + 1 if page.evaluate(IDLE_JS) else 0
-        if quiet >= 3:
+        if quiet >= checks:
             return
-        time.sleep(0.3)
+        time.sleep(interval)
     raise AssertionError(f"the page did not settle within {timeout} s")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from engine import jobs, labels, run_store
@@ -24,6 +26,10 @@ def test_sidebar_picker_and_status(app):
     sae = app.sidebar.selectbox(key="sae_choice")
     assert sae.value == "default" and "Local folder…" in sae.options
     status = " ".join(m.value for m in app.sidebar.markdown)
+    if "checking" in status:  # the hub probe runs in the background; the next rerun shows its answer
+        time.sleep(0.5)
+        app.run()
+        status = " ".join(m.value for m in app.sidebar.markdown)
     assert "tiny" in status and "Hub:** offline" in status
 
 
