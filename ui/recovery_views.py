@@ -83,16 +83,17 @@ def _ci_text(summary: dict, key: str) -> str:
 
 
 def summary_metrics(summary: dict) -> None:
-    cols = st.columns(6)
-    cols[0].metric("Non-refusal", f"{summary.get('non_refusal_recovery', 0):.0%}", help=_ci_text(summary, "non_refusal"))
-    cols[0].caption(_ci_text(summary, "non_refusal"))
-    cols[1].metric("Base-like", f"{summary.get('base_like_recovery', 0):.0%}")
-    cols[1].caption(_ci_text(summary, "base_like"))
-    cols[2].metric("Strict base-like", f"{summary.get('strict_base_like_recovery', 0):.0%}")
-    cols[2].caption(_ci_text(summary, "strict_base_like"))
-    cols[3].metric("Mean drift", f"{summary.get('mean_drift', 0):.4f}")
-    cols[4].metric("Floor violation", f"{summary.get('mean_floor_violation', 0):.4f}")
-    cols[5].metric("Relative ‖δ‖", f"{summary.get('mean_delta_rel_norm', 0):.3f}")
+    """Rates with their Wilson intervals on one row, the geometry of δ on the next."""
+    cols = st.columns(3)
+    for col, (title, key, ci) in zip(cols, (("Non-refusal recovery", "non_refusal_recovery", "non_refusal"),
+                                            ("Base-like", "base_like_recovery", "base_like"),
+                                            ("Strict base-like", "strict_base_like_recovery", "strict_base_like"))):
+        col.metric(title, f"{summary.get(key, 0):.0%}")
+        col.caption(_ci_text(summary, ci))
+    cols = st.columns(3)
+    cols[0].metric("Mean drift of clamped features", f"{summary.get('mean_drift', 0):.4f}")
+    cols[1].metric("Floor violation", f"{summary.get('mean_floor_violation', 0):.4f}")
+    cols[2].metric("Relative ‖δ‖", f"{summary.get('mean_delta_rel_norm', 0):.3f}")
     if summary.get("cancelled"):
         st.warning("This recovery was cancelled; the numbers cover the flips it finished.")
 

@@ -18,10 +18,13 @@ DEGENERATE_COLOUR = "#ffec99"
 
 PRESENTER_CSS = """
 <style>
-html, body, [data-testid="stAppViewContainer"] { font-size: 21px; }
-[data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li { font-size: 1.2rem; line-height: 1.55; }
-h1 { font-size: 2.6rem !important; } h2 { font-size: 2.0rem !important; } h3 { font-size: 1.6rem !important; }
-[data-testid="stMetricValue"] { font-size: 2.6rem !important; }
+[data-testid="stMain"] { font-size: 21px; }
+[data-testid="stMain"] [data-testid="stMarkdownContainer"] p, [data-testid="stMain"] [data-testid="stMarkdownContainer"] li {
+  font-size: 1.2rem; line-height: 1.55; }
+[data-testid="stMain"] h1 { font-size: 2.6rem !important; } [data-testid="stMain"] h2 { font-size: 2.0rem !important; }
+[data-testid="stMain"] h3 { font-size: 1.6rem !important; }
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] * { font-size: 2.8rem !important; line-height: 1.2 !important; }
+[data-testid="stMetricLabel"] p { font-size: 1.0rem !important; }
 .flip-text { font-size: 1.2rem !important; }
 </style>
 """
@@ -51,12 +54,14 @@ def highlighted(text: str, reasons: list[dict] | None) -> str:
         if rule.startswith("degenerate") or whole:
             badges.append((rule, str(r.get("text", ""))))
         elif 0 <= start < end <= len(text):
-            spans.append((start, end, rule))
-    spans.sort()
+            spans.append((not r.get("decides", True), start, end, rule))
+    # Deciding spans win over notes where they overlap; then draw left to right.
+    chosen: list[tuple[int, int, str]] = []
+    for _, start, end, rule in sorted(spans):
+        if all(end <= s or start >= e for s, e, _ in chosen):
+            chosen.append((start, end, rule))
     out, pos = [], 0
-    for start, end, rule in spans:
-        if start < pos:  # overlapping spans: keep the first
-            continue
+    for start, end, rule in sorted(chosen):
         out.append(html.escape(text[pos:start]))
         colour = RULE_COLOURS.get(rule, "#ffc9c9")
         out.append(f'<mark title="{html.escape(rule)}" style="background:{colour}">{html.escape(text[start:end])}</mark>')

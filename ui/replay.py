@@ -42,10 +42,10 @@ def replay_section(name: str, info) -> None:
         st.session_state[step_key] = 0
         st.session_state[play_key] = False
 
-    c1, c2, c3, _ = st.columns([1, 1, 1, 5])
-    c1.button("▶ Play", key="replay_play", on_click=play, shortcut="Space")
-    c2.button("⏸ Pause", key="replay_pause", on_click=pause)
-    c3.button("⏮ Restart", key="replay_restart", on_click=restart)
+    c1, c2, c3, _ = st.columns([1, 1, 1.2, 2.5])
+    c1.button("Play", icon=":material/play_arrow:", key="replay_play", on_click=play, width="stretch")
+    c2.button("Pause", icon=":material/pause:", key="replay_pause", on_click=pause, width="stretch")
+    c3.button("Restart", icon=":material/replay:", key="replay_restart", on_click=restart, width="stretch")
     playing = bool(st.session_state[play_key])
     stride = max(1, n_steps // 60)
 
