@@ -104,6 +104,11 @@ def get_lm():
 def get_sae():
     spec = sae_spec()
     if spec is None:
+        from engine.saes import default_sae_names
+
+        if model_choice()[0] == "default" and not default_sae_names():
+            raise LabError("no default SAE is shipped in this checkout (train it with `python -m engine.default train`); "
+                           "or type the path of a local sae_lens SAE folder in the sidebar")
         raise LabError("choose an SAE in the sidebar (or type a local folder path)")
     name, device = model_choice()
     return _load_sae(spec, name, device)
