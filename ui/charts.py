@@ -31,7 +31,7 @@ def metric_chart(df: pd.DataFrame, metric: str, title: str, height: int = 230, l
         alt.Chart(df[["step", "prompt", metric]].dropna(), title=title)
         .mark_line(point=len(df) < 60)
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)),
             y=alt.Y(f"{metric}:Q", title=metric.replace("_", " "), scale=scale),
             color=alt.Color("prompt:N", title="prompt", legend=alt.Legend(columns=2, symbolLimit=24)),
             tooltip=["prompt", "step", alt.Tooltip(f"{metric}:Q", format=".4f")],
@@ -56,7 +56,7 @@ def sweep_chart(rows: list[dict]) -> alt.Chart:
 
 def _order(df: pd.DataFrame) -> list[str]:
     present = set(df["component"])
-    return [COMPONENT_LABELS.get(c, c) for c in COMPONENTS if c in present] + [c for c in df["component"] if c not in COMPONENT_LABELS]
+    return [COMPONENT_LABELS.get(c, c) for c in COMPONENTS if c in present] + sorted(c for c in present if c not in COMPONENT_LABELS)
 
 
 OUTCOME_SCALE = alt.Scale(domain=["restored", "still refuses"], range=["#2b8a3e", "#e03131"])

@@ -37,7 +37,7 @@ def chart_downloads(info) -> None:
         st.caption("This run has no recovery, sweep or attribution results to chart yet.")
         return
     for slug, chart in found:
-        st.altair_chart(chart, width="stretch")
+        st.altair_chart(chart, width="stretch", height=charts.chart_height(chart))
         c1, c2, _ = st.columns([1, 1, 4])
         c1.download_button("PNG", data=lambda chart=chart: charts.to_png(chart), file_name=f"{info.name}-{slug}.png",
                            mime="image/png", key=f"png:{slug}")
