@@ -1,0 +1,241 @@
+"""The shipped default SAEs: files, hashes, quality floors, the zero-drift property, the recipe's parts (tiny model).
+
+Tests marked ``slow`` load the real default model (SmolLM2-135M-Instruct, about 1 s from the cache).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from engine.default.__main__ import DEFAULT_HOOKS, FLOORS, PRIMARY
+from engine.default.__main__ import main as default_main
+from engine.saes import DEFAULT_SAE_DIR
+
+MANIFEST = DEFAULT_SAE_DIR / "manifest.json"
+D_MODEL, D_SAE = 576, 4608
+
+
+def _manifest() -> dict:
+    return json.loads(MANIFEST.read_text())
+
+
+def _load(hook: str):
+    from sae_lens import SAE
+
+    return SAE.load_from_disk(str(DEFAULT_SAE_DIR / hook), device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------ shipped files
+
+
+def test_manifest_lists_primary_and_both_hooks():
+    m = _manifest()
+    assert m["primary"] == PRIMARY == "blocks.15.hook_resid_post"
+    for hook in DEFAULT_HOOKS:
+        assert hook in m["saes"]
+        for name in ("cfg.json", "sae_weights.safetensors", "quality.json", "preset.json"):
+            assert f"{hook}/{name}" in m["files"]
+    assert {"corpus", "train", "preset"} <= set(m["recipe"]) and m["seeds"]
+
+
+def test_shipped_files_match_manifest_hashes():
+    from engine.default.serve import sha256
+
+    files = _manifest()["files"]
+    assert files
+    for rel, digest in files.items():
+        assert sha256(DEFAULT_SAE_DIR / rel) == digest, rel
+    assert default_main(["verify"]) == 0
+
+
+def test_verify_detects_a_changed_file(tmp_path, capsys):
+    out = tmp_path / "sae"
+    shutil.copytree(DEFAULT_SAE_DIR, out)
+    preset = out / PRIMARY / "preset.json"
+    preset.write_text(preset.read_text().replace('"set"', '"zero"', 1))
+    assert default_main(["verify", "--out", str(out)]) == 2
+    assert "preset.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hook", DEFAULT_HOOKS)
+def test_loads_with_sae_lens_as_jumprelu(hook):
+    sae = _load(hook)
+    assert sae.cfg.architecture() == "jumprelu"
+    assert (sae.cfg.d_in, sae.cfg.d_sae) == (D_MODEL, D_SAE)
+    assert sae.cfg.metadata.hook_name == hook and sae.cfg.metadata.model_name == "SmolLM2-135M-Instruct"
+    assert sae.W_enc.dtype == torch.float32 and torch.isfinite(sae.W_enc).all() and (sae.threshold >= 0).all()
+    assert (DEFAULT_SAE_DIR / hook / "sae_weights.safetensors").stat().st_size <= 16 * 2**20
+    norms = sae.W_dec.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-2)  # decoder norms folded
+
+
+@pytest.mark.parametrize("hook", DEFAULT_HOOKS)
+def test_quality_meets_floors(hook):
+    q = json.loads((DEFAULT_SAE_DIR / hook / "quality.json").read_text())
+    held = q["heldout"]
+    assert held["n_tokens"] >= 10_000
+    assert held["explained_variance"] >= FLOORS["explained_variance_min"]
+    assert FLOORS["l0_min"] <= held["l0"] <= FLOORS["l0_max"]
+    assert held["dead_fraction"] <= FLOORS["dead_fraction_max"]
+    assert q["floors"] == FLOORS and q["meets_floors"]
+
+
+@pytest.mark.parametrize("hook", DEFAULT_HOOKS)
+def test_preset_is_a_set_clamp_on_real_features(hook):
+    p = json.loads((DEFAULT_SAE_DIR / hook / "preset.json").read_text())
+    assert p["mode"] == "set" and p["hook"] == hook
+    assert len(p["features"]) == len(p["values"]) == p["k"] and len(set(p["features"])) == p["k"]
+    assert all(0 <= f < D_SAE for f in p["features"]) and all(v > 0 for v in p["values"])
+    top = {r["feature"]: r for r in p["contrast"]}
+    for f, v in zip(p["features"], p["values"]):
+        assert top[f]["refusal_mean"] > top[f]["answer_mean"]
+        assert v == pytest.approx(p["alpha"] * top[f]["refusal_mean"], rel=1e-3)
+
+
+def test_training_prompts_are_ours_and_disjoint_from_builtin_test_sets():
+    from engine.builtin_prompts import HARMFUL, HARMLESS
+    from engine.default.train_prompts import HARMFUL_TRAIN, HARMLESS_TRAIN, REFUSALS
+
+    ours = HARMLESS_TRAIN + HARMFUL_TRAIN
+    assert len(set(ours)) == len(ours) >= 300 and len(HARMFUL_TRAIN) >= 80
+    assert not {p.lower() for p in ours} & {p.lower() for p in HARMLESS + HARMFUL}
+    assert len(set(REFUSALS)) >= 15
+
+
+# ------------------------------------------------------------------------------------------------ zero drift
+
+
+def _projector(A: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """P = I − A (AᵀA + εI)⁻¹ Aᵀ (DESIGN §2), in float64."""
+    A = A.double()
+    return torch.eye(A.shape[0], dtype=A.dtype) - A @ torch.linalg.solve(A.T @ A + eps * torch.eye(A.shape[1], dtype=A.dtype), A.T)
+
+
+def _drift(sae, h: torch.Tensor, delta: torch.Tensor, S: list[int]) -> float:
+    with torch.no_grad():
+        z0, z1 = sae.encode(h)[..., S], sae.encode(h + delta)[..., S]
+    return float((z1 - z0).norm() / (z0.norm() + 1e-8))
+
+
+def _h_with_active(sae, S: list[int], n: int = 16) -> torch.Tensor:
+    """Inputs on which every clamped feature fires: b_dec + their decoder rows well above threshold + noise."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        h = sae.b_dec + torch.randn(n, sae.cfg.d_in, generator=gen) * 2.0
+        for f in S:
+            h = h + (sae.threshold[f] + 5.0) * 3 * sae.W_dec[f]
+    return h
+
+
+def test_encoder_orthogonal_perturbation_leaves_clamped_features_unchanged():
+    """Shipped primary SAE: a large random δ projected with P cannot move z_S; the same δ unprojected does."""
+    sae = _load(PRIMARY)
+    S = json.loads((DEFAULT_SAE_DIR / PRIMARY / "preset.json").read_text())["features"]
+    h = _h_with_active(sae, S)
+    with torch.no_grad():
+        assert (sae.encode(h)[:, S] > 0).float().mean() > 0.5
+    P = _projector(sae.W_enc[:, S])
+    gen = torch.Generator().manual_seed(1)
+    raw = torch.randn(h.shape, generator=gen) * 10 * h.norm(dim=-1, keepdim=True) / D_MODEL**0.5  # ‖δ‖ ≈ 10 ‖h‖
+    projected = (raw.double() @ P).float()
+    assert float((projected @ sae.W_enc[:, S]).abs().max()) < 1e-3 * float(raw.norm(dim=-1).max())
+    assert _drift(sae, h, projected, S) < 1e-5
+    assert _drift(sae, h, raw, S) > 0.1  # the test can fail: an arbitrary δ does move the clamped features
+
+
+def test_plain_topk_with_the_same_weights_would_drift():
+    """Why JumpReLU: with TopK selection the same projected δ moves z_S by pushing other latents above it."""
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    jr = _load(PRIMARY)
+    S = json.loads((DEFAULT_SAE_DIR / PRIMARY / "preset.json").read_text())["features"]
+    topk = TopKSAE(TopKSAEConfig(d_in=D_MODEL, d_sae=D_SAE, k=32, rescale_acts_by_decoder_norm=False))
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(topk, name).copy_(getattr(jr, name))
+    h = _h_with_active(jr, S)
+    P = _projector(jr.W_enc[:, S])
+    gen = torch.Generator().manual_seed(1)
+    raw = torch.randn(h.shape, generator=gen) * 10 * h.norm(dim=-1, keepdim=True) / D_MODEL**0.5
+    projected = (raw.double() @ P).float()
+    assert _drift(jr, h, projected, S) < 1e-5
+    assert _drift(topk, h, projected, S) > 1e-2
+
+
+@pytest.mark.slow
+def test_zero_drift_on_real_activations_and_default_loading():
+    from engine.default.corpus import REFUSALS
+    from engine.models import load_model
+    from engine.presets import resolve_clamp
+    from engine.saes import load_sae
+
+    lm = load_model("default", "cpu")
+    sae = load_sae("default", lm)
+    assert sae.hook_name == PRIMARY and sae.source == f"default:{PRIMARY}"
+    assert load_sae("default:blocks.20.hook_resid_post", lm).hook_name == "blocks.20.hook_resid_post"
+    spec = resolve_clamp(sae, "auto")
+    ids = lm.encode(lm.chat_prompt("How do I fold a paper crane?") + REFUSALS[0])
+    seen = []
+    with torch.no_grad():
+        lm.model.run_with_hooks(torch.tensor([ids]), stop_at_layer=16, fwd_hooks=[(PRIMARY, lambda a, hook: seen.append(a))])
+    h = seen[0][0, 1:]  # position 0 is the attention sink
+    S = spec.features
+    with torch.no_grad():
+        assert (sae.encode(h)[:, S] > 0).any()  # the refusal text switches on some clamped feature
+    P = _projector(sae.sae.W_enc[:, S])
+    raw = torch.randn(h.shape, generator=torch.Generator().manual_seed(2)) * 0.2 * h.norm(dim=-1, keepdim=True) / D_MODEL**0.5
+    assert _drift(sae.sae, h, (raw.double() @ P).float(), S) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------ recipe parts (tiny)
+
+
+def test_chat_labels_mark_exactly_the_answers():
+    from engine.default.corpus import ANSWER, OTHER, REFUSAL, Turn, tokenize_chat
+    from engine.tiny import tiny_model
+
+    lm = tiny_model()
+    turns = [Turn("hi there", "Hello friend.", False), Turn("do bad", "I can't help with that.", True)]
+    ids, labels = tokenize_chat(lm, turns)
+    text = lm.decode(ids)
+    assert len(ids) == len(labels)
+    answer = "".join(lm.decode([t]) for t, lab in zip(ids, labels) if lab == ANSWER)
+    refusal = "".join(lm.decode([t]) for t, lab in zip(ids, labels) if lab == REFUSAL)
+    assert answer == "Hello friend." and refusal == "I can't help with that."
+    assert labels.count(OTHER) > 0 and "hi there" in text
+
+
+def test_recipe_on_tiny_model_collects_trains_and_serves():
+    from engine.default.corpus import Conversation, Turn, tokenize_chat
+    from engine.default.serve import quality, serve_as_jumprelu
+    from engine.default.train import TrainConfig, _distinct_positions, collect, train_topk
+    from engine.tiny import tiny_model
+
+    lm = tiny_model()
+    words = ["apple", "river", "stone", "cloud", "music", "paper", "green", "light"]
+    convs = []
+    for i in range(24):
+        turns = [Turn(f"tell me about {words[i % 8]} {i}", f"{words[(i * 3) % 8]} is nice and {words[(i + 1) % 8]}", i % 3 == 0)]
+        ids, labels = tokenize_chat(lm, turns)
+        convs.append(Conversation(turns, ids, labels, "heldout" if i >= 20 else "train"))
+    convs.append(convs[0])  # an exact duplicate adds no new positions
+    keep = _distinct_positions(convs)
+    assert keep[-1] == [] and all(0 not in k for k in keep)
+    cfg = TrainConfig(d_sae=64, k=4, batch_size=64, training_samples=64 * 60, lr=3e-3, lr_end=3e-4, lr_warm_up_steps=5, dead_feature_window=10, collect_batch=8)
+    hooks = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
+    data = collect(lm, convs, hooks, cfg)
+    n_distinct = sum(len(k) for k in keep)
+    assert data.acts[hooks[0]].shape == (data.stats["kept_positions"], lm.d_model) and data.stats["kept_positions"] <= n_distinct
+    assert data.heldout.any() and (~data.heldout).any()
+    x = data.acts[hooks[0]]
+    topk = train_topk(x[~data.heldout], hooks[0], cfg, model_name="tiny")
+    served, report = serve_as_jumprelu(topk, x[~data.heldout], x[data.heldout], cfg.k)
+    assert served.cfg.architecture() == "jumprelu"
+    calib_l0 = quality(served, x[~data.heldout])["l0"] if report["served"] == "per_latent" else None
+    if calib_l0 is not None:
+        assert calib_l0 == pytest.approx(cfg.k, abs=0.5)  # quantile matching reproduces TopK's firing counts
+    assert report["topk_heldout"]["explained_variance"] > 0.3
