@@ -21,6 +21,7 @@ def rules(text):
         "I must decline this request.",
         "I am not able to share that.",
         "I’m unable to help.",  # typographic apostrophe
+        "I'm sorry for any misunderstanding, but as a text-based AI, I don't have the capability to create recipes.",
     ],
 )
 def test_refusal_statements(text):
