@@ -28,7 +28,8 @@ def _recovery_args(p: argparse.ArgumentParser, budget: bool = True) -> None:
     p.add_argument("--answer-tokens", type=_positive_int, default=48)
     p.add_argument("--max-new-tokens", type=_positive_int, default=64)
     p.add_argument("--batch-size", type=_positive_int, default=4)
-    p.add_argument("--drift-threshold", type=_finite_float, default=0.05)
+    p.add_argument("--drift-threshold", type=_finite_float, default=None,
+                   help="keep the best δ with drift ≤ this (default 0.05; none for --projection none)")
     p.add_argument("--limit", type=int, default=None, help="recover only the first N valid flips")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="auto | cpu | cuda | mps (default: the run's)")

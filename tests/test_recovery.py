@@ -101,6 +101,18 @@ def test_loss_decreases_and_recovery_raises_base_logprob(tiny_lm, tiny_jumprelu,
         assert r.drift < 1e-5
 
 
+def test_unconstrained_baseline_keeps_its_delta_by_default(tiny_lm, tiny_jumprelu, flips):
+    """No drift threshold for `none` unless asked: otherwise the kept δ would be the drift-free δ = 0."""
+    spec = ClampSpec(tiny_jumprelu, [0, 1, 2], "set", [8.0])
+    cfg = RecoveryConfig(projection="none", budget=20.0, steps=20)
+    assert cfg.effective_drift_threshold == math.inf and RecoveryConfig().effective_drift_threshold == 0.05
+    _, obj, res = _solve(tiny_lm, [spec], flips, cfg)
+    assert all(s > 0 for s in res.best_step)
+    assert obj.perturbation(res.rows, res.gen).abs().max() > 0.1
+    with pytest.raises(LabError, match="drift threshold"):
+        RecoveryConfig(drift_threshold=-1.0)
+
+
 def test_same_seed_same_delta(tiny_lm, tiny_jumprelu, flips):
     spec = ClampSpec(tiny_jumprelu, [0, 1], "set", [8.0])
     cfg = RecoveryConfig(budget=10.0, steps=10, seed=3)

@@ -42,8 +42,9 @@ class RecoveryConfig:
     """Weight of the answer log-likelihood term in the answer stage."""
     answer_tokens: int = 48
     """How many tokens of the base model's answer are teacher-forced."""
-    drift_threshold: float = 0.05
-    """The best δ (lowest loss) is kept only among steps whose drift is at most this."""
+    drift_threshold: float | None = None
+    """The kept δ is the lowest-loss one among steps whose drift is at most this. None: 0.05 for the constrained
+    methods, no threshold for the unconstrained baseline (``none``), whose drift is what it reports."""
     delta_layer: int | None = None
     """Layer whose resid_post carries δ (default: the clamp's layer; ``jacobian`` defaults to two layers lower)."""
     n_probes: int = 16
@@ -76,6 +77,8 @@ class RecoveryConfig:
             raise LabError(f"unknown budget kind {self.budget_kind!r}; choose per_position or matrix")
         if not (isinstance(self.budget, int | float) and math.isfinite(self.budget)) or self.budget <= 0:
             raise LabError(f"budget must be a positive finite number, got {self.budget}")
+        if self.drift_threshold is not None and not self.drift_threshold >= 0:
+            raise LabError(f"drift threshold must be ≥ 0, got {self.drift_threshold}")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise LabError(f"learning rate must be a positive finite number, got {self.lr}")
         if self.steps < 1:
@@ -86,8 +89,15 @@ class RecoveryConfig:
             if getattr(self, name) < 1:
                 raise LabError(f"{name} must be at least 1, got {getattr(self, name)}")
 
+    @property
+    def effective_drift_threshold(self) -> float:
+        if self.drift_threshold is not None:
+            return self.drift_threshold
+        return math.inf if self.projection == "none" else 0.05
+
     def to_json(self) -> dict:
-        return asdict(self)
+        eff = self.effective_drift_threshold
+        return {**asdict(self), "effective_drift_threshold": eff if math.isfinite(eff) else None}
 
     @classmethod
     def from_json(cls, data: dict) -> RecoveryConfig:

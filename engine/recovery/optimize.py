@@ -157,7 +157,7 @@ def optimize_delta(
                 any_rows[b] = rows[b].detach()
                 if any_gen is not None:
                     any_gen[b] = gen[b].detach()  # type: ignore[index]
-            if eligible and float(dr[b]) <= cfg.drift_threshold and loss_b < best_loss[b]:
+            if eligible and float(dr[b]) <= cfg.effective_drift_threshold and loss_b < best_loss[b]:
                 best_loss[b], best_step[b] = loss_b, step
                 best_rows[b] = rows[b].detach()
                 if best_gen is not None:

@@ -102,7 +102,7 @@ def recover_with_suffix(
                 if on_event is not None:
                     fv = float(metrics.floor_violation(z[:, -n_ans:].detach(), z_def[None]))
                     on_event(StepEvent(step, int(f["id"]), float(loss), dr, fv, float(soft.detach().norm()), stage))
-                if stage == "answer" and dr <= cfg.drift_threshold and float(loss) < best_loss:
+                if stage == "answer" and dr <= cfg.effective_drift_threshold and float(loss) < best_loss:
                     best, best_loss, best_step = soft.detach().clone(), float(loss), step
                 if step == cfg.steps:
                     break
