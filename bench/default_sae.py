@@ -74,15 +74,20 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--alpaca", type=int, default=100, help="first N alpaca prompts")
     p.add_argument("--sae", default="default", help="default or default:HOOK")
+    p.add_argument("--quality-only", action="store_true", help="refresh the quality figures, keep the flip figures in --out")
     args = p.parse_args()
-    runs = Path(args.runs)
+    runs, out = Path(args.runs), Path(args.out)
+    if args.quality_only:
+        result = json.loads(out.read_text()) if out.is_file() else {"flips": {}}
+        result["quality"] = quality_figures()
+        out.write_text(json.dumps(result, indent=2))
+        return 0
     result: dict = {"quality": quality_figures(), "flips": {}}
     result["flips"]["builtin_harmless"] = flip_figures("builtin:harmless", runs / "builtin_harmless", args.batch_size, None, args.sae)
     if ALPACA.is_file():
         result["flips"]["alpaca_first_100"] = flip_figures(str(ALPACA), runs / "alpaca", args.batch_size, args.alpaca, args.sae)
     else:
         result["flips"]["alpaca_first_100"] = {"skipped": f"{ALPACA} is absent"}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "examples"} for k, v in result["flips"].items()}, indent=2))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from torch import Tensor
 
@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 class PresetConfig:
     """Grid and validation settings (recorded in the manifest)."""
 
-    ks: tuple[int, ...] = (5, 10, 15)
-    alphas: tuple[float, ...] = (1.5, 2.0, 3.0)
+    ks: tuple[int, ...] = (10, 15)
+    alphas: tuple[float, ...] = (3.0, 5.0)
     max_new_tokens: int = 64
     batch_size: int = 32
     candidates: int = 40
@@ -95,5 +95,5 @@ def choose_preset(
         "k": k,
         "alpha": alpha,
         "selection": {"validation_prompts": list(validation), "base_refusals": base_refusals, "grid": grid, "config": cfg.to_json()},
-        "contrast": [r.__dict__ for r in rows[: cfg.candidates]],
+        "contrast": [asdict(r) for r in rows[: cfg.candidates]],
     }
