@@ -12,9 +12,11 @@ st.caption(
     "spans are highlighted (red: refusal, orange: safety cue / blunt no, grey: apology that decides nothing, "
     "yellow badge: degenerate repetition)."
 )
-lm, sae = state.require_model()
-clamp = state.clamp_state(sae)
-if clamp["features"]:
+lm, sae = state.try_model()  # without a model, saved runs can still be read and labelled
+clamp = state.clamp_state(sae) if sae is not None else {"features": []}
+if sae is None:
+    pass
+elif clamp["features"]:
     st.markdown(
         f"**Clamp:** {len(clamp['features'])} features of `{sae.hook_name}`, mode **{clamp['mode']}** "
         f"({clamp['origin']}) — features {', '.join(map(str, clamp['features'][:12]))}{' …' if len(clamp['features']) > 12 else ''}"
@@ -25,7 +27,7 @@ else:
 
 job = state.attach_job("flips_job", "flips")
 
-if not state.presenter():
+if lm is not None and not state.presenter():
     with st.expander("New flips run", expanded=job is None or not job.running):
         prompts, settings = views.prompt_source_form()
         judge_cfg = views.judge_editor()

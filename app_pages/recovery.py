@@ -31,9 +31,8 @@ if state.presenter():  # replay from files only: no model, no network
 
     replay.replay_section(name, info)
     st.stop()
-lm, sae = state.require_model()
-if not state.run_model_matches(info, lm):
-    st.stop()
+lm, sae = state.try_model()  # without the run's model, results stay readable but nothing new can start
+can_run = lm is not None and state.run_model_matches(info, lm)
 n_valid = int((info.summary or {}).get("n_valid", 0))
 judge_cfg = JudgeConfig.from_json(info.config.get("judge"))
 
@@ -44,7 +43,7 @@ active = next((j for j in (rec_job, sweep_job) if j is not None and j.running), 
 form_cfg = None
 if n_valid == 0:
     st.warning("This run has no valid flips, so there is nothing to recover. Pick another run or make a stronger clamp.")
-else:
+elif can_run:
     with st.expander(f"Recover the {n_valid} valid flips of `{name}`", expanded=active is None and not info.has_recovery):
         cfg, limit = rv.settings_form(RecoveryConfig, n_valid)
         form_cfg = cfg
@@ -118,7 +117,12 @@ st.caption(
     "Every other setting is taken from the recovery settings above."
 )
 c1, c2 = st.columns([3, 1])
-budgets_text = c1.text_input("Budgets", "0, 0.05, 0.1, 0.25, 0.5", key="sweep_budgets", persist_state="session")
+relative = bool(form_cfg.budget_relative) if form_cfg is not None else False
+budgets_text = c1.text_input(
+    "Budgets" + (" (fractions of the median residual norm)" if relative else " (absolute norms)"),
+    "0, 0.05, 0.1, 0.25, 0.5" if relative else "0, 2, 5, 10, 20, 40", key="sweep_budgets_rel" if relative else "sweep_budgets",
+    persist_state="session",
+)
 c2.write("")
 if c2.button("Start sweep", key="start_sweep", disabled=active is not None or form_cfg is None):
     try:

@@ -123,11 +123,11 @@ def topk_chart(rows: list[dict]) -> alt.Chart:
         alt.Chart(df, title="Top-k changed features (across examples)")
         .mark_bar()
         .encode(
-            y=alt.Y("feature:N", sort="-x", title="feature"),
+            y=alt.Y("feature:N", sort="-x", title="feature", axis=alt.Axis(labelOverlap=False)),
             x=alt.X("mean_abs_dz:Q", title="mean ‖δz‖ over the prompt positions"),
             tooltip=["feature", "count", alt.Tooltip("mean_abs_dz:Q", format=".3f")],
         )
-        .properties(height=22 * max(1, len(df)))
+        .properties(height=24 * max(1, len(df)))
     )
 
 

@@ -328,7 +328,8 @@ def presets_section(sae) -> None:
                 path = shipped if choice.startswith("shipped:") else run_store.presets_dir() / f"{choice}.json"
                 try:
                     spec = load_preset(path, sae)
-                    state.set_clamp(sae, spec.features, spec.mode, spec.values, f"preset {path.stem}")
+                    origin = "the SAE's shipped preset" if choice.startswith("shipped:") else f"preset '{path.stem}'"
+                    state.set_clamp(sae, spec.features, spec.mode, spec.values, origin)
                     st.rerun()
                 except LabError as exc:
                     st.error(str(exc))

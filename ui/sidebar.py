@@ -52,24 +52,24 @@ def _sae_options(model_name: str) -> tuple[list[str], dict[str, str]]:
 def render_sidebar() -> None:
     """Draw the sidebar; choices land in ``st.session_state`` (see ``ui.state``)."""
     sb = st.sidebar
-    presenter = sb.toggle("Presenter mode", key="presenter", help="Larger type, settings hidden, replay saved runs offline.")
+    presenter = sb.toggle("Presenter mode", key="presenter", bind="query-params", help="Larger type, settings hidden, replay saved runs offline.")
     render.apply_presenter_style(presenter)
     models = _model_options()
     default = state.default_model_name()
     # In presenter mode the picker is folded away (still rendered, so the choice is kept).
     with sb.expander("Model and SAE", expanded=not presenter):
-        model = st.selectbox("Model", models, index=models.index(default) if default in models else 0, key=state.MODEL_KEY,
+        model = st.selectbox("Model", models, index=models.index(default) if default in models else 0, key=state.MODEL_KEY, bind="query-params",
                              help="`default` is SmolLM2-135M-Instruct, shipped offline. Others need the model hub.")
-        st.selectbox("Device", DEVICES, key=state.DEVICE_KEY, help="auto: CUDA, then MPS, then CPU")
+        st.selectbox("Device", DEVICES, key=state.DEVICE_KEY, bind="query-params", help="auto: CUDA, then MPS, then CPU")
         options, captions = _sae_options(model)
         # A previous choice that does not fit the new model falls back to the first option.
         if st.session_state.get(state.SAE_KEY) not in options:
             st.session_state.pop(state.SAE_KEY, None)
-        choice = st.selectbox("SAE", options, key=state.SAE_KEY, format_func=lambda o: o,
+        choice = st.selectbox("SAE", options, key=state.SAE_KEY, bind="query-params",
                               help="Shipped default SAEs, the sae_lens registry for this model, or a local folder.")
         st.caption(captions.get(choice, ""))
         if choice == state.LOCAL_CHOICE:
-            st.text_input("SAE folder", key=state.LOCAL_SAE_KEY, placeholder="/path/to/sae (cfg.json + safetensors)")
+            st.text_input("SAE folder", key=state.LOCAL_SAE_KEY, bind="query-params", placeholder="/path/to/sae (cfg.json + safetensors)")
     _status(sb, compact=presenter)
 
 

@@ -114,18 +114,24 @@ def get_sae():
     return _load_sae(spec, name, device)
 
 
-def require_model():
-    """``(lm, sae)`` for a page, or an error in the page and a stop (the sidebar stays usable)."""
+def try_model():
+    """``(lm, sae)``, or ``(None, None)`` with the reason shown in the page (saved results stay viewable)."""
     try:
         return get_lm(), get_sae()
     except LabError as exc:
         st.error(str(exc))
         st.info("Pick another model or SAE in the sidebar: the offline default (`default`) needs no downloads.")
-        st.stop()
     except MemoryError:
         st.error("Out of memory while loading the model; pick a smaller model or close other jobs.")
+    return None, None
+
+
+def require_model():
+    """``(lm, sae)`` for a page, or an error in the page and a stop (the sidebar stays usable)."""
+    lm, sae = try_model()
+    if lm is None:
         st.stop()
-    raise AssertionError("unreachable")
+    return lm, sae
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -161,7 +167,7 @@ def clamp_state(sae) -> dict:
         if path is not None:
             try:
                 spec = load_preset(path, sae)
-                state.update(features=spec.features, mode=spec.mode, values=spec.values, origin=f"preset {path.name}")
+                state.update(features=spec.features, mode=spec.mode, values=spec.values, origin="the SAE's shipped preset")
             except LabError as exc:
                 logger.warning("preset %s not usable: %s", path, exc)
         st.session_state["clamp"] = state
@@ -186,11 +192,24 @@ def clamp_specs(sae) -> list:
 
 
 def current_run() -> str | None:
-    return st.session_state.get(RUN_KEY)
+    """The session's run; after a browser reload, the one named in the URL (``?run=…``)."""
+    name = st.session_state.get(RUN_KEY)
+    if name is None:
+        name = st.query_params.get(RUN_KEY)
+        if name:
+            st.session_state[RUN_KEY] = name
+    return name
 
 
 def set_current_run(name: str | None) -> None:
     st.session_state[RUN_KEY] = name
+    try:
+        if name:
+            st.query_params[RUN_KEY] = name
+        else:
+            st.query_params.pop(RUN_KEY, None)
+    except Exception:  # noqa: BLE001 - the URL is a convenience only
+        logger.debug("could not set query param", exc_info=True)
 
 
 def run_picker(label: str, key: str, need: str = "flips.jsonl", help: str | None = None) -> str | None:

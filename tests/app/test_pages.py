@@ -317,3 +317,24 @@ def test_chart_exports_are_png_and_svg(lab_env):
     chart = charts.sweep_chart([{"budget": 0, "metric": "non refusal", "rate": 0.5, "lo": 0.2, "hi": 0.8, "k": 1, "n": 2}])
     assert charts.to_png(chart).startswith(b"\x89PNG")
     assert charts.to_svg(chart).lstrip().startswith("<svg")
+
+
+def test_a_reload_keeps_the_sidebar_choices_and_the_run(lab_env, tmp_path):
+    """Sidebar widgets are bound to the URL (the browser writes them there), and so is the current run: a new
+    session opened on that URL starts with the same choices."""
+    make_flips_run(lab_env, "run-a", n=2)
+    make_flips_run(lab_env, "run-b", n=2)
+    from streamlit.testing.v1 import AppTest
+
+    from tests.app.apphelpers import ENTRY
+
+    reload = AppTest.from_file(ENTRY, default_timeout=120)
+    reload.query_params.update({"sae_choice": "Local folder…", "local_sae_path": str(tmp_path), "run": "run-a"})
+    reload.run()
+    assert reload.sidebar.selectbox(key="sae_choice").value == "Local folder…"
+    assert reload.sidebar.text_input(key="local_sae_path").value == str(tmp_path)
+    # Without a usable SAE the flips page still shows the saved run of the URL, for reading and labelling.
+    goto(reload, "flips")
+    assert any("not an sae_lens SAE folder" in e.value for e in reload.error)
+    assert reload.session_state["run"] == "run-a"
+    assert [k for k in (b.key for b in reload.button) if k == "lab_genuine"]
