@@ -165,3 +165,32 @@ def test_sae_for_another_model(planted):
     missing_hook = LoadedSAE(tiny_sae(lm.d_model, d_sae=16, hook_name="blocks.9.hook_resid_post"), "tiny", "blocks.9.hook_resid_post")
     with pytest.raises(LabError, match="does not have"):
         contrast_search(lm, missing_hook, REFUSAL_PAIRS, ANSWER_PAIRS)
+
+
+@pytest.mark.slow
+def test_default_sae_refusal_feature_card_and_contrast():
+    """On the real default model: the first preset feature's top contexts sit in refusals, and a contrast search on a
+    few chats ranks it among the top features."""
+    import json
+
+    from engine.default.train_prompts import HARMLESS_TRAIN
+    from engine.features import default_corpus
+    from engine.models import load_model
+    from engine.saes import DEFAULT_SAE_DIR, load_sae
+
+    lm = load_model("default", "cpu")
+    sae = load_sae("default", lm)
+    preset = json.loads((DEFAULT_SAE_DIR / sae.hook_name / "preset.json").read_text())
+    first = preset["features"][0]
+    corpus = [t for t in default_corpus(lm, limit=None) if "can't" in t or "cannot" in t][:12] + default_corpus(lm, limit=12)
+    card = feature_card(lm, sae, first, corpus, n_contexts=5, n_logits=3)
+    assert card.top_contexts and card.max_activation > 2.0
+    refusal_words = ("sorry", "can't", "cannot", "unable", "apologize", "afraid", "not able", "decline", "won't")
+    assert all(any(w in (c.before + c.token).lower() for w in refusal_words) for c in card.top_contexts)
+    assert 0 < card.frequency < 0.2 and card.neuronpedia_url is None
+    answers = json.loads((DEFAULT_SAE_DIR / "answers.json").read_text())["answers"]
+    prompts = [p for p in HARMLESS_TRAIN if p in answers][:6]
+    refusal_pairs = [(p, "I'm sorry, but I can't help with that.") for p in prompts]
+    answer_pairs = [(p, answers[p]) for p in prompts]
+    rows = contrast_search(lm, sae, refusal_pairs, answer_pairs, top_n=50)
+    assert first in [r.feature for r in rows]
