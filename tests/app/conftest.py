@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from tests.app.apphelpers import new_app
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repository on the path
+    sys.path.insert(0, _ROOT)
+
+from tests.app.apphelpers import new_app  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
