@@ -29,6 +29,8 @@ class FlipRecord:
     clamped_degenerate: bool
     base_reasons: list
     clamped_reasons: list
+    base_stop_id: int | None = None
+    """Token that ended the base answer (None: cut at max_new_tokens); recovery targets it after the answer."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -64,6 +66,7 @@ def run_flips(
                 clamped_degenerate=vc.degenerate,
                 base_reasons=vb.to_json()["reasons"],
                 clamped_reasons=vc.to_json()["reasons"],
+                base_stop_id=b.stop_id,
             )
 
 

@@ -53,6 +53,8 @@ class Generated:
     index: int
     text: str
     token_ids: list[int]
+    stop_id: int | None = None
+    """The stop token that ended the answer (EOS / end of turn), None when ``max_new_tokens`` cut it off."""
 
 
 def prompt_ids(lm: LoadedModel, instructions: Sequence[str]) -> list[list[int]]:
@@ -84,18 +86,21 @@ def generate(
         hooks = extra_hooks(rows, batch) if extra_hooks else ()
         gen = torch.Generator(device=lm.device).manual_seed(cfg.seed + start)
         with clamped(lm, specs, hooks), torch.no_grad():
-            out = _decode_batch(lm, batch, cfg, stop, gen)
-        for row, toks in zip(rows, out):
-            yield Generated(index=row, text=lm.decode(toks), token_ids=toks)
+            out, stops = _decode_batch(lm, batch, cfg, stop, gen)
+        for row, toks, stop_id in zip(rows, out, stops):
+            yield Generated(index=row, text=lm.decode(toks), token_ids=toks, stop_id=stop_id)
 
 
-def _decode_batch(lm: LoadedModel, batch: Batch, cfg: GenerationConfig, stop: torch.Tensor, gen: torch.Generator) -> list[list[int]]:
+def _decode_batch(
+    lm: LoadedModel, batch: Batch, cfg: GenerationConfig, stop: torch.Tensor, gen: torch.Generator
+) -> tuple[list[list[int]], list[int | None]]:
     model = lm.model
     n = batch.tokens.shape[0]
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, lm.device, n)
     logits = model(batch.tokens, attention_mask=batch.attention_mask, past_kv_cache=cache)[:, -1]  # [batch, d_vocab]
     done = torch.zeros(n, dtype=torch.bool, device=lm.device)
     answers: list[list[int]] = [[] for _ in range(n)]
+    stops: list[int | None] = [None] * n
     ones = torch.ones((n, 1), dtype=torch.long, device=lm.device)
     for step in range(cfg.max_new_tokens):
         if cfg.do_sample:
@@ -105,10 +110,14 @@ def _decode_batch(lm: LoadedModel, batch: Batch, cfg: GenerationConfig, stop: to
             nxt = logits.argmax(dim=-1)
         is_stop = torch.isin(nxt, stop)
         for i in range(n):
-            if not done[i] and not is_stop[i]:
+            if done[i]:
+                continue
+            if is_stop[i]:
+                stops[i] = int(nxt[i])
+            else:
                 answers[i].append(int(nxt[i]))
         done |= is_stop
         if bool(done.all()) or step == cfg.max_new_tokens - 1:
             break
         logits = model(nxt[:, None], attention_mask=ones, past_kv_cache=cache)[:, -1]
-    return answers
+    return answers, stops

@@ -39,3 +39,29 @@ def test_cancel_stops_between_batches(tiny_lm):
 def test_bad_generation_config(kwargs):
     with pytest.raises(LabError):
         GenerationConfig(**kwargs)
+
+
+def test_stop_token_is_recorded_and_not_part_of_the_answer(tiny_lm):
+    """A prompt forced to emit the end-of-turn token at once gets an empty answer and that stop id."""
+
+    stop = max(tiny_lm.stop_ids)
+    w_stop = tiny_lm.model.W_U[:, stop].detach()  # [d_model]
+
+    def force_stop(rows, batch):  # noqa: ARG001
+        def hook(act, hook):  # noqa: ARG001
+            act = act.clone()
+            for b, row in enumerate(rows):
+                if row == 1:
+                    act[b, -1] = 1e4 * w_stop  # logit of `stop` ≫ every other logit
+            return act
+
+        return [("ln_final.hook_normalized", hook)]
+
+    cfg = GenerationConfig(max_new_tokens=6, batch_size=4)
+    plain = list(generate(tiny_lm, PROMPTS, cfg))
+    forced = list(generate(tiny_lm, PROMPTS, cfg, extra_hooks=force_stop))
+    assert forced[1].token_ids == [] and forced[1].stop_id == stop
+    for i in (0, 2, 3):
+        assert (forced[i].token_ids, forced[i].stop_id) == (plain[i].token_ids, plain[i].stop_id)
+        assert forced[i].stop_id is None or forced[i].stop_id in tiny_lm.stop_ids
+        assert forced[i].stop_id is not None or len(forced[i].token_ids) == 6

@@ -242,3 +242,19 @@ def test_recover_and_sweep_cli_write_documented_files(tmp_path, capsys):
     sweep = json.loads((run / "sweep.json").read_text())
     assert [p["budget"] for p in sweep["points"]] == [0.0, 2.0, 5.0]
     assert sweep["points"][0]["mean_delta_rel_norm"] == 0.0
+
+
+def test_recovery_targets_the_base_stop_token(tiny_lm):
+    """A base answer that ended on a stop token is followed by it in the targets; a cut-off one is not."""
+    from engine.recovery.problem import target_answer
+
+    stop = max(tiny_lm.stop_ids)
+    text = "the river runs long"
+    ids = tiny_lm.encode_answer(text)
+    assert target_answer(tiny_lm, {"base_text": text, "base_stop_id": stop}, 48) == ids + [stop]
+    assert target_answer(tiny_lm, {"base_text": text, "base_stop_id": None}, 48) == ids
+    assert target_answer(tiny_lm, {"base_text": text}, 48) == ids
+    # cut by answer_tokens: the stop token lies beyond the window, so it is not a target
+    assert target_answer(tiny_lm, {"base_text": text, "base_stop_id": stop}, len(ids)) == ids
+    problem = build_problem(tiny_lm, [], [{"id": 0, "prompt": "hi", "base_text": text, "base_stop_id": stop}], 48, 1)
+    assert problem.targets[0][problem.target_mask[0]].tolist() == ids + [stop]

@@ -1,7 +1,8 @@
 """The teacher-forced recovery problem for a batch of valid flips, with the layers below δ run once.
 
 Sequence per prompt: ``prompt ‖ answer[:-1]`` where ``answer`` is the first ``answer_tokens`` tokens of the base
-model's own answer; the logits at the last prompt position and at each answer position predict ``answer``.
+model's own answer, followed by the stop token that ended it when it ended within those tokens (so recovery also
+learns where the base answer stops: without it the clamp can append a refusal after a recovered answer); the logits at the last prompt position and at each answer position predict ``answer``.
 Layers 0..ℓ do not depend on δ, so h(ℓ) (with every clamp at or below ℓ applied) is computed once here; each
 optimisation step runs only blocks ℓ+1..L−1, and the unembedding only at the answer-predicting positions.
 """
@@ -57,6 +58,15 @@ def default_delta_layer(specs: Sequence[ClampSpec], projection: str) -> int:
     return base
 
 
+def target_answer(lm: LoadedModel, flip: dict, answer_tokens: int) -> list[int]:
+    """The base answer's first ``answer_tokens`` tokens, plus its stop token when the answer ended within them."""
+    answer = lm.encode_answer(flip["base_text"])[:answer_tokens]
+    stop_id = flip.get("base_stop_id")  # absent in runs written before it was recorded
+    if stop_id is not None and len(answer) < answer_tokens:
+        answer.append(int(stop_id))
+    return answer
+
+
 def build_problem(lm: LoadedModel, specs: Sequence[ClampSpec], flips: Sequence[dict], answer_tokens: int, delta_layer: int) -> Problem:
     """Tokenise, left-pad and run the prefix (blocks 0..δ layer, clamps applied) without gradients."""
     if not 0 <= delta_layer < lm.n_layers:
@@ -64,7 +74,7 @@ def build_problem(lm: LoadedModel, specs: Sequence[ClampSpec], flips: Sequence[d
     seqs, prompt_lens, answers = [], [], []
     for f in flips:
         prompt = lm.encode(lm.chat_prompt(f["prompt"]))
-        answer = lm.encode_answer(f["base_text"])[:answer_tokens]
+        answer = target_answer(lm, f, answer_tokens)
         if not answer:
             raise LabError(f"flip {f['id']} has an empty base answer; nothing to recover towards")
         seqs.append(prompt + answer[:-1])

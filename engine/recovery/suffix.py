@@ -21,6 +21,7 @@ from engine.judge import JudgeConfig, base_likeness, judge
 from engine.models import LoadedModel
 from engine.recovery import metrics
 from engine.recovery.config import PromptResult, RecoveryConfig, StepEvent
+from engine.recovery.problem import target_answer
 from engine.recovery.replay import Perturbation
 
 
@@ -70,7 +71,7 @@ def recover_with_suffix(
     for f in flips:
         if cancel is not None and cancel.is_set():
             return
-        answer = lm.encode_answer(f["base_text"])[: cfg.answer_tokens]
+        answer = target_answer(lm, f, cfg.answer_tokens)
         ids, slots = suffixed_ids(lm, f["prompt"], cfg.suffix_tokens)
         plain = lm.encode(lm.chat_prompt(f["prompt"]))
         n_ans = len(answer)
