@@ -3,6 +3,7 @@
 import streamlit as st
 
 from engine import jobs, run_store
+from engine.attribution.run import run_attribution
 from engine.errors import LabError
 from ui import attribution_views as av
 from ui import charts, render, state
@@ -13,7 +14,6 @@ st.caption(
     "changed features, and the SAE's reconstruction residual. Each part is replayed **alone** under the clamp. "
     "Decoder directions are not orthogonal, so the parts' norms are not shares: the replay is the evidence."
 )
-run_attribution = av.attribution_api()
 
 name = state.run_picker("Run (with recovery results)", key="attr_run", need="recovery.jsonl")
 if name is None:
@@ -23,9 +23,7 @@ if name is None:
 info = run_store.get_run(name)
 
 job = state.attach_job("attribution_job", "attribution", run=name)
-if run_attribution is None:
-    st.warning("The attribution engine (engine/attribution) is not installed in this checkout; saved results are shown.")
-elif not state.presenter():
+if not state.presenter():
     c1, c2 = st.columns([1, 3])
     top_k = c1.number_input("k (top changed features)", 0, 1000, 10, key="attr_k", persist_state="session")
     c2.write("")
@@ -48,24 +46,7 @@ elif not state.presenter():
         st.rerun()
 
 ticking = job is not None and job.running
-
-
-@st.fragment(run_every=1.0 if ticking else None)
-def live() -> None:
-    current = jobs.get_job(job.id) if job else None
-    if current is None:
-        return
-    if current.running:
-        render.job_status(current)
-        if st.button("Cancel", key="cancel_attribution"):
-            current.request_cancel()
-    elif ticking:
-        st.rerun()
-    elif current.status in ("failed", "cancelled"):
-        render.job_status(current)
-
-
-live()
+render.live_job(job, "cancel_attribution", "Stops after the current batch; finished examples are kept.")
 
 if info.has_attribution and not ticking:
     try:

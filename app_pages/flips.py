@@ -56,24 +56,10 @@ if lm is not None and not state.presenter():
 
 
 ticking = job is not None and job.running
-
-
-@st.fragment(run_every=1.0 if ticking else None)
-def live() -> None:
-    current = jobs.get_job(job.id) if job else None
-    if current is None:
-        return
-    st.subheader(f"Run `{current.meta.get('run')}`")
-    render.job_status(current)
-    if current.running:
-        if st.button("Cancel", key="cancel_flips", help="Stops after the current batch; finished prompts are kept."):
-            current.request_cancel()
-        views.flip_cards(current.events(), limit=50, newest_first=True)
-    elif ticking:
-        st.rerun()  # the job just ended: redraw the whole page from the saved run
-
-
-live()
+if job is not None:
+    st.subheader(f"Run `{job.meta.get('run')}`")
+render.live_job(job, "cancel_flips", "Stops after the current batch; finished prompts are kept.",
+                body=lambda j: views.flip_cards(j.events(), limit=50, newest_first=True) if j.running else None)
 
 if not ticking:
     name = state.run_picker("Run", key="flips_run", need="flips.jsonl")

@@ -5,6 +5,7 @@ import streamlit as st
 from engine import jobs, run_store
 from engine.errors import LabError
 from engine.judge import JudgeConfig
+from engine.recovery.run import run_recovery, run_sweep
 from ui import charts, render, state
 from ui import recovery_views as rv
 
@@ -14,11 +15,6 @@ st.caption(
     "base answer again. The encoder projection keeps the clamped features' pre-activations fixed, so a recovery "
     "cannot come from simply turning the clamped features back down."
 )
-api = rv.recovery_api()
-if api is None:
-    st.error("The recovery engine (engine/recovery) is not installed in this checkout.")
-    st.stop()
-RecoveryConfig, run_recovery, run_sweep = api
 
 name = state.run_picker("Run (its valid flips are recovered)", key="rec_run", need="flips.jsonl")
 if name is None:
@@ -45,7 +41,7 @@ if n_valid == 0:
     st.warning("This run has no valid flips, so there is nothing to recover. Pick another run or make a stronger clamp.")
 elif can_run:
     with st.expander(f"Recover the {n_valid} valid flips of `{name}`", expanded=active is None and not info.has_recovery):
-        cfg, limit = rv.settings_form(RecoveryConfig, n_valid)
+        cfg, limit = rv.settings_form(n_valid)
         form_cfg = cfg
         if st.button("Start recovery", type="primary", key="start_recovery", disabled=cfg is None or active is not None):
             run_dir = info.path
@@ -66,22 +62,10 @@ elif can_run:
 ticking = active is not None
 
 
-@st.fragment(run_every=1.0 if ticking else None)
-def live() -> None:
-    job = jobs.get_job(active.id) if active else None
-    if job is None:
-        return
-    render.job_status(job)
-    if job.running and st.button("Cancel", key=f"cancel_{job.kind}", help="Stops within one optimisation step; finished prompts are kept."):
-        job.request_cancel()
-    rv.live_charts(job.events())
-    if not job.running and ticking:
-        st.rerun()
-
-
 if ticking:
     st.subheader(f"Live: {active.kind} of `{name}`")
-live()
+render.live_job(active, f"cancel_{active.kind}" if active else "cancel", "Stops within one optimisation step; finished prompts are kept.",
+                body=lambda j: rv.live_charts(j.events()))
 
 for job in (rec_job, sweep_job):
     if job is not None and job.status == "failed" and not ticking:

@@ -10,18 +10,6 @@ import streamlit as st
 from ui import charts
 
 
-def attribution_api():
-    """``run_attribution`` from the engine, or None while it is not installed."""
-    for module in ("engine.attribution", "engine.attribution.run"):
-        try:
-            mod = __import__(module, fromlist=["run_attribution"])
-        except ImportError:
-            continue
-        if hasattr(mod, "run_attribution"):
-            return mod.run_attribution
-    return None
-
-
 def _components(record: dict) -> dict:
     comps = record.get("components") or {}
     return {k: v for k, v in comps.items() if isinstance(v, dict)}

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.errors import LabError
+from engine.recovery.config import RecoveryConfig
 from ui import charts, render
 
 _PERSIST = {"persist_state": "session"}
@@ -13,17 +14,7 @@ PROJECTIONS = {"encoder": "encoder-orthogonal (defended features cannot move)", 
                "jacobian": "cross-layer: δ below the clamp, ⟂ the Jacobian rows"}
 
 
-def recovery_api():
-    """``(RecoveryConfig, run_recovery, run_sweep)`` from the engine, or None while it is not installed."""
-    try:
-        from engine.recovery.config import RecoveryConfig
-        from engine.recovery.run import run_recovery, run_sweep
-    except ImportError:
-        return None
-    return RecoveryConfig, run_recovery, run_sweep
-
-
-def settings_form(RecoveryConfig, n_valid: int):
+def settings_form(n_valid: int):
     """The user's RecoveryConfig and flip limit (None with an error shown when the settings are invalid)."""
     d = RecoveryConfig()
     c1, c2, c3, c4 = st.columns(4)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable
 
 import streamlit as st
+
+from engine import jobs
 
 RULE_COLOURS = {
     "refusal_statement": "#ffc9c9",
@@ -102,6 +105,30 @@ def job_status(job) -> None:
         st.warning(f"{job.kind} was cancelled after {took}; what it finished is saved")
     else:
         st.error(f"{job.kind} failed: {job.error}")
+
+
+def live_job(job: jobs.Job | None, cancel_key: str, cancel_help: str, body: Callable[[jobs.Job], None] | None = None) -> None:
+    """Poll a background job once a second while it runs: status, a Cancel button, then ``body(job)``.
+
+    When the job ends, the whole page reruns once so it is redrawn from the saved run. A finished job (the page
+    was opened afterwards) gets its status line only.
+    """
+    ticking = job is not None and job.running
+
+    @st.fragment(run_every=1.0 if ticking else None)
+    def live() -> None:
+        current = jobs.get_job(job.id) if job else None
+        if current is None:
+            return
+        job_status(current)
+        if current.running and st.button("Cancel", key=cancel_key, help=cancel_help):
+            current.request_cancel()
+        if body is not None:
+            body(current)
+        if not current.running and ticking:
+            st.rerun()
+
+    live()
 
 
 def ago(ts: float) -> str:
