@@ -59,6 +59,11 @@ class LoadedModel:
     device: torch.device
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
+    def __post_init__(self) -> None:
+        # Nothing here trains the model: recovery differentiates w.r.t. δ only. Frozen weights keep every backward
+        # from computing (and accumulating) parameter gradients, which doubled the cost of a recovery step.
+        self.model.requires_grad_(False)
+
     @property
     def n_layers(self) -> int:
         return self.model.cfg.n_layers

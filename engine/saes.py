@@ -38,6 +38,9 @@ class LoadedSAE:
     hook_name: str
     neuronpedia_id: str | None = None
 
+    def __post_init__(self) -> None:
+        self.sae.requires_grad_(False)  # type: ignore[attr-defined]  # used, never trained, here (see LoadedModel)
+
     @property
     def d_sae(self) -> int:
         return int(self.sae.cfg.d_sae)  # type: ignore[attr-defined]

@@ -258,3 +258,11 @@ def test_recovery_targets_the_base_stop_token(tiny_lm):
     assert target_answer(tiny_lm, {"base_text": text, "base_stop_id": stop}, len(ids)) == ids
     problem = build_problem(tiny_lm, [], [{"id": 0, "prompt": "hi", "base_text": text, "base_stop_id": stop}], 48, 1)
     assert problem.targets[0][problem.target_mask[0]].tolist() == ids + [stop]
+
+
+def test_recovery_never_computes_weight_gradients(tiny_lm, tiny_jumprelu, flips):
+    """Weights are frozen at load, so a recovery backward fills δ's gradient and nothing else."""
+    spec = ClampSpec(tiny_jumprelu, [0, 1, 2], "set", [8.0])
+    _solve(tiny_lm, [spec], flips, RecoveryConfig(budget=20.0, steps=3))
+    params = list(tiny_lm.model.parameters()) + list(tiny_jumprelu.sae.parameters())
+    assert params and not any(p.requires_grad or p.grad is not None for p in params)
