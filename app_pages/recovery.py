@@ -60,8 +60,6 @@ elif can_run:
             st.rerun()
 
 ticking = active is not None
-
-
 if ticking:
     st.subheader(f"Live: {active.kind} of `{name}`")
 render.live_job(active, f"cancel_{active.kind}" if active else "cancel", "Stops within one optimisation step; finished prompts are kept.",

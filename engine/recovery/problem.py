@@ -2,7 +2,8 @@
 
 Sequence per prompt: ``prompt ‖ answer[:-1]`` where ``answer`` is the first ``answer_tokens`` tokens of the base
 model's own answer, followed by the stop token that ended it when it ended within those tokens (so recovery also
-learns where the base answer stops: without it the clamp can append a refusal after a recovered answer); the logits at the last prompt position and at each answer position predict ``answer``.
+learns where the base answer stops: without it the clamp can append a refusal after a recovered answer); the
+logits at the last prompt position and at each answer position predict ``answer``.
 Layers 0..ℓ do not depend on δ, so h(ℓ) (with every clamp at or below ℓ applied) is computed once here; each
 optimisation step runs only blocks ℓ+1..L−1, and the unembedding only at the answer-predicting positions.
 """
