@@ -1,7 +1,7 @@
 """SAE post-intervention recovery lab: ``streamlit run dashboard.py``.
 
 Entry point only: the page list and the sidebar (model/SAE picker, status, presenter mode). Each step of the
-method is one thin page in ``pages/``; the method itself lives in ``engine``.
+method is one thin page in ``app_pages/``; the method itself lives in ``engine``.
 """
 
 import logging

@@ -2,9 +2,11 @@
 
 import streamlit as st
 
-from engine import jobs, run_store
-from engine.attribution.run import run_attribution
+from engine.attribution.components import COMPONENTS
+from engine.attribution.driver import PAPER, run_attribution
 from engine.errors import LabError
+from engine.services import jobs
+from engine.store import catalogue
 from ui import attribution_views as av
 from ui import charts, render, state
 
@@ -20,7 +22,7 @@ if name is None:
     st.info("No run has recovery results yet: run Recovery first.")
     st.page_link("app_pages/recovery.py", label="4 · Recovery →")
     st.stop()
-info = run_store.get_run(name)
+info = catalogue.get_run(name)
 
 job = state.attach_job("attribution_job", "attribution", run=name)
 if not state.presenter():
@@ -31,7 +33,7 @@ if not state.presenter():
         lm, sae = state.require_model()
         if not state.run_model_matches(info, lm):
             st.stop()
-        run_dir, total = info.path, len(run_store.read_records(name, "recovery.jsonl"))
+        run_dir, total = info.path, len(catalogue.read_records(name, "recovery.jsonl"))
 
         def work(j: jobs.Job, run_dir=run_dir, k=int(top_k), total=total):
             def on_record(rec: dict) -> None:
@@ -50,7 +52,7 @@ render.live_job(job, "cancel_attribution", "Stops after the current batch; finis
 
 if info.has_attribution and not ticking:
     try:
-        records = run_store.read_records(name, "attribution.jsonl")
+        records = catalogue.read_records(name, "attribution.jsonl")
     except LabError as exc:
         st.error(str(exc))
         st.stop()
@@ -60,7 +62,8 @@ if info.has_attribution and not ticking:
     agg_chart, heat_chart = charts.attribution_aggregate_chart(agg), charts.attribution_heatmap(av.heatmap_rows(records))
     left.altair_chart(agg_chart, width="stretch", height=charts.chart_height(agg_chart))
     right.altair_chart(heat_chart, width="stretch", height=charts.chart_height(heat_chart))
-    st.caption("Paper (gemma-2-2b-it, n = 24): full 23 · residual 23 · non-clamped 2 · top-k 1 · clamped 0 · knockout 21.")
+    st.caption(f"Paper (gemma-2-2b-it + Gemma Scope, AdvBench, n = {PAPER['n']}): "
+               + " · ".join(f"{charts.COMPONENT_LABELS[c]} {PAPER[c]}" for c in COMPONENTS if c in PAPER))
     st.subheader("One example")
     ids = [r.get("id") for r in records]
     pick = st.selectbox("Prompt", ids, format_func=lambda i: f"#{i}", key="attr_pick")
@@ -83,4 +86,4 @@ if info.has_attribution and not ticking:
         st.altair_chart(top_chart, width="stretch", height=charts.chart_height(top_chart))
     av.topk_table(rows)
 elif not ticking:
-    st.info("No attribution results for this run yet." + (" Run it above." if run_attribution else ""))
+    st.info("No attribution results for this run yet." + ("" if state.presenter() else " Run it above."))

@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from engine import jobs, labels, run_store
 from engine.errors import LabError
+from engine.method.flips import write_flips_run
+from engine.services import jobs
+from engine.store import catalogue, labels
 from ui import render, state, views
 
 st.title("Flips: does the clamp make the model refuse?")
@@ -14,14 +16,12 @@ st.caption(
 )
 lm, sae = state.try_model()  # without a model, saved runs can still be read and labelled
 clamp = state.clamp_state(sae) if sae is not None else {"features": []}
-if sae is None:
-    pass
-elif clamp["features"]:
+if sae is not None and clamp["features"]:
     st.markdown(
         f"**Clamp:** {len(clamp['features'])} features of `{sae.hook_name}`, mode **{clamp['mode']}** "
         f"({clamp['origin']}) — features {', '.join(map(str, clamp['features'][:12]))}{' …' if len(clamp['features']) > 12 else ''}"
     )
-else:
+elif sae is not None:
     st.warning("The clamp set is empty. Add features on the Features page first.")
     st.page_link("app_pages/features.py", label="2 · Features and clamp →")
 
@@ -36,9 +36,10 @@ if lm is not None and not state.presenter():
             with state.shown_errors("cannot start"):
                 specs = state.clamp_specs(sae)
                 gen = views.generation_config(settings)
-                run_dir = run_store.new_run_dir("flips")
+                run_dir = catalogue.new_run_dir("flips")
                 model_name, _ = state.model_choice()
-                extra = {"model": model_name, "prompts": settings["source"], "limit": settings["limit"], "n_prompts": len(prompts)}
+                extra = {"model": model_name, "prompts": settings["source"], "limit": settings["limit"], "n_prompts": len(prompts),
+                         "source": "dashboard"}
 
                 def work(j: jobs.Job, prompts=prompts, specs=specs, gen=gen, judge_cfg=judge_cfg, run_dir=run_dir, extra=extra):
                     j.set_progress(0, len(prompts), "generating")
@@ -47,7 +48,7 @@ if lm is not None and not state.presenter():
                         j.log(row)
                         j.set_progress(j.n_events, len(prompts))
 
-                    return run_store.write_flips_run(lm, specs, prompts, gen, judge_cfg, run_dir, extra, j.cancel, on_record)
+                    return write_flips_run(lm, specs, prompts, gen, judge_cfg, run_dir, extra, j.cancel, on_record)
 
                 job = jobs.start_job("flips", work, meta={"run": run_dir.name})
                 state.remember_job("flips_job", job)
@@ -67,8 +68,8 @@ if not ticking:
         st.info("No runs yet: start one above.")
         st.stop()
     try:
-        records = run_store.read_records(name, "flips.jsonl")
-        info = run_store.get_run(name)
+        records = catalogue.read_records(name, "flips.jsonl")
+        info = catalogue.get_run(name)
     except LabError as exc:
         st.error(str(exc))
         st.stop()
@@ -79,7 +80,7 @@ if not ticking:
             views.labeller(name, [r for r in records if r.get("valid")])
             st.download_button(
                 "Export labels CSV (judge columns + manual_audit_label)",
-                data=lambda: labels.export_csv(name, run_store.read_records(name, "flips.jsonl")),
+                data=lambda: labels.export_csv(name, catalogue.read_records(name, "flips.jsonl")),
                 file_name=f"{name}-labels.csv", mime="text/csv", key="export_labels",
             )
         with tab_all:

@@ -45,7 +45,7 @@ c1.page_link("app_pages/features.py", label="2 · Features and clamp →")
 c2.page_link("app_pages/flips.py", label="3 · Flips and labels →")
 c3.page_link("app_pages/runs.py", label="6 · Saved runs →")
 
-rows = state.registry_options(lm.name if lm.name != "SmolLM2-135M-Instruct" else "default")
+rows = state.registry_options(lm.name)
 with st.expander(f"sae_lens registry SAEs for this model ({len(rows)})", expanded=False):
     if rows:
         if state.hub_status() is False:

@@ -2,10 +2,11 @@
 
 import streamlit as st
 
-from engine import jobs, run_store
 from engine.errors import LabError
-from engine.judge import JudgeConfig
-from engine.recovery.run import run_recovery, run_sweep
+from engine.recovery.driver import run_recovery
+from engine.recovery.sweep import run_sweep
+from engine.services import jobs
+from engine.store import catalogue
 from ui import charts, render, state
 from ui import recovery_views as rv
 
@@ -21,7 +22,7 @@ if name is None:
     st.info("No flips runs yet: make one on the Flips page first.")
     st.page_link("app_pages/flips.py", label="3 · Flips and labels →")
     st.stop()
-info = run_store.get_run(name)
+info = catalogue.get_run(name)
 if state.presenter():  # replay from files only: no model, no network
     from ui import replay
 
@@ -30,7 +31,6 @@ if state.presenter():  # replay from files only: no model, no network
 lm, sae = state.try_model()  # without the run's model, results stay readable but nothing new can start
 can_run = lm is not None and state.run_model_matches(info, lm)
 n_valid = int((info.summary or {}).get("n_valid", 0))
-judge_cfg = JudgeConfig.from_json(info.config.get("judge"))
 
 rec_job = state.attach_job("recovery_job", "recovery", run=name)
 sweep_job = state.attach_job("sweep_job", "sweep", run=name)
@@ -72,7 +72,7 @@ for job in (rec_job, sweep_job):
 if info.has_recovery and not (rec_job is not None and rec_job.running):
     st.subheader("Results")
     try:
-        records = run_store.read_records(name, "recovery.jsonl")
+        records = catalogue.read_records(name, "recovery.jsonl")
     except LabError as exc:
         st.error(str(exc))
         records = []
@@ -91,7 +91,8 @@ if info.has_recovery and not (rec_job is not None and rec_job.running):
         rv.results_table(records)
         ids = [r["id"] for r in records]
         pick = st.selectbox("Texts of prompt", ids, format_func=lambda i: f"#{i}", key="rec_pick")
-        rv.texts_side_by_side(next(r for r in records if r["id"] == pick), judge_cfg)
+        flips = {f["id"]: f for f in catalogue.read_records(name, "flips.jsonl")}
+        rv.texts_side_by_side(next(r for r in records if r["id"] == pick), flips.get(pick, {}))
 
 st.subheader("Budget sweep")
 st.caption(
@@ -127,7 +128,7 @@ if c2.button("Start sweep", key="start_sweep", disabled=active is not None or fo
         st.rerun()
 if info.sweeps:
     try:
-        sweep = run_store.read_sweep(name, info.sweeps[0])
+        sweep = catalogue.read_sweep(name, info.sweeps[0])
         st.altair_chart(charts.sweep_chart(rv.sweep_rows(sweep)), width="stretch")
     except LabError as exc:
         st.error(str(exc))

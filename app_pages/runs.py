@@ -5,14 +5,14 @@ import json
 import pandas as pd
 import streamlit as st
 
-from engine import labels, run_store
 from engine.errors import LabError
+from engine.store import catalogue, labels
 from ui import run_views, state
 
 st.title("Runs")
-st.caption(f"Saved under `{run_store.runs_root().resolve()}` (set `SAE_LAB_DATA` to move it). CLI runs written there show up too.")
+st.caption(f"Saved under `{catalogue.runs_root().resolve()}` (set `SAE_LAB_DATA` to move it). CLI runs written there show up too.")
 
-runs = run_store.list_runs()
+runs = catalogue.list_runs()
 if not runs:
     st.info("No runs yet: make one on the Flips page (or with `python -m engine flips --out data/runs/NAME`).")
     st.stop()
@@ -24,7 +24,7 @@ tab_open, tab_compare, tab_export, tab_delete = st.tabs(["Open", "Compare two", 
 with tab_open:
     name = state.run_picker("Run", key="runs_open", need="config.json")
     try:
-        info = run_store.get_run(name)
+        info = catalogue.get_run(name)
     except LabError as exc:
         st.error(str(exc))
         st.stop()
@@ -52,7 +52,7 @@ with tab_compare:
         b = c2.selectbox("Run B", names, index=1, key="cmp_b")
         only_diff = st.toggle("Differences only", value=True, key="cmp_diff")
         try:
-            rows = run_store.compare_runs(a, b)
+            rows = catalogue.compare_runs(a, b)
             shown = [r for r in rows if not r["same"]] if only_diff else rows
             st.dataframe(pd.DataFrame(shown, columns=["field", "a", "b", "same"]).astype({"a": str, "b": str}),
                          hide_index=True, width="stretch")
@@ -62,9 +62,9 @@ with tab_compare:
 with tab_export:
     name_x = st.selectbox("Run to export", names, key="export_run")
     st.caption("A zip with every JSON/JSONL file, each JSONL also as CSV and parquet, the δ tensors, and the hand labels CSV.")
-    st.download_button("Download the run as a zip", data=lambda: run_store.export_zip(name_x), file_name=f"{name_x}.zip",
+    st.download_button("Download the run as a zip", data=lambda: catalogue.export_zip(name_x), file_name=f"{name_x}.zip",
                        mime="application/zip", key="export_zip")
-    st.download_button("Download config.json", data=json.dumps(run_store.get_run(name_x).config, indent=2),
+    st.download_button("Download config.json", data=json.dumps(catalogue.get_run(name_x).config, indent=2),
                        file_name=f"{name_x}-config.json", mime="application/json", key="export_config")
 
 with tab_delete:
@@ -72,7 +72,7 @@ with tab_delete:
     sure = st.checkbox(f"Yes, delete `{name_d}` and its hand labels for good", key="delete_sure")
     if st.button("Delete run", disabled=not sure, key="delete_go"):
         try:
-            run_store.delete_run(name_d)
+            catalogue.delete_run(name_d)
             if state.current_run() == name_d:
                 state.set_current_run(None)
             st.toast(f"Deleted {name_d}")

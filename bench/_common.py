@@ -19,18 +19,19 @@ def prompts(n: int) -> tuple[list[str], str]:
     path = SHARED / "alpaca_harmless.json"
     if path.is_file():
         return [r["instruction"] for r in json.loads(path.read_text())[:n]], "alpaca_harmless.json"
-    from engine.builtin_prompts import HARMLESS
+    from engine.method.builtin_prompts import HARMLESS
 
     return HARMLESS[:n], "builtin:harmless"
 
 
 def default_clamp(lm):
     """The shipped default SAE's preset clamp; a random 576→4608 SAE at layer 15 when none is shipped."""
-    from engine.clamp import ClampSpec
     from engine.errors import LabError
-    from engine.presets import resolve_clamp
-    from engine.saes import LoadedSAE, load_sae
-    from engine.tiny import tiny_sae
+    from engine.lm.sae_sources import load_sae
+    from engine.lm.saes import LoadedSAE
+    from engine.lm.tiny import tiny_sae
+    from engine.method.clamp import ClampSpec
+    from engine.method.presets import resolve_clamp
 
     try:
         sae = load_sae("default", lm)

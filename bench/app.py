@@ -35,7 +35,7 @@ PAGES = ["2 · Features and clamp", "3 · Flips and labels", "4 · Recovery", "5
 def warm_cache(model: str) -> float:
     """Load the model once in a separate process so its converted weights are cached (not timed as cold start)."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", f"from engine.models import load_model; load_model({model!r}, 'cpu')"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", f"from engine.lm.loading import load_model; load_model({model!r}, 'cpu')"], cwd=ROOT, check=True)
     return time.perf_counter() - t
 
 
@@ -87,7 +87,7 @@ def main() -> None:
         sys.exit("bench/app.py needs /usr/bin/chromium and playwright (scripts/setup.sh --dev)")
     from playwright.sync_api import sync_playwright
 
-    from engine.saes import default_sae_names
+    from engine.lm.sae_sources import default_sae_names
 
     warm = warm_cache(args.model)
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:

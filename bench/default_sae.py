@@ -25,7 +25,7 @@ ALPACA = ROOT.parent / "shared" / "data" / "alpaca_harmless.json"
 
 
 def quality_figures() -> dict:
-    from engine.saes import DEFAULT_SAE_DIR
+    from engine.paths import DEFAULT_SAE_DIR
 
     out = {}
     for folder in sorted(p for p in DEFAULT_SAE_DIR.iterdir() if (p / "quality.json").is_file()):
@@ -39,7 +39,7 @@ def quality_figures() -> dict:
 
 
 def flip_figures(prompts: str, run_dir: Path, batch_size: int, limit: int | None, sae: str = "default") -> dict:
-    from engine.cli import main as cli_main
+    from engine.cli.main import main as cli_main
 
     args = ["flips", "--prompts", prompts, "--features", "auto", "--sae", sae, "--out", str(run_dir), "--batch-size", str(batch_size)]
     if limit:

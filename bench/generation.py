@@ -35,8 +35,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    from engine.generation import GenerationConfig, generate
-    from engine.models import load_model
+    from engine.lm.loading import load_model
+    from engine.method.generation import GenerationConfig, generate
 
     lm = load_model("default", args.device)
     spec, clamp_desc = default_clamp(lm)

@@ -42,9 +42,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    from engine.clamp import clamped
-    from engine.generation import GenerationConfig, generate
-    from engine.models import load_model
+    from engine.lm.loading import load_model
+    from engine.method.clamp import clamped
+    from engine.method.generation import GenerationConfig, generate
     from engine.recovery.config import RecoveryConfig
     from engine.recovery.optimize import DeltaObjective
     from engine.recovery.problem import build_problem, default_delta_layer

@@ -19,3 +19,6 @@ def data_dir() -> Path:
     base = Path(os.environ.get("SAE_LAB_DATA", "data"))
     base.mkdir(parents=True, exist_ok=True)
     return base
+
+DEFAULT_SAE_DIR = PACKAGE_DIR / "default_sae"
+"""Package data: the shipped SAEs for the default model, one sae_lens folder per hook, plus ``manifest.json``."""

@@ -16,7 +16,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def tiny_lm():
-    from engine.tiny import tiny_model
+    from engine.lm.tiny import tiny_model
 
     return tiny_model(seed=0)
 
@@ -24,8 +24,8 @@ def tiny_lm():
 @pytest.fixture(scope="session")
 def tiny_jumprelu(tiny_lm):
     """A JumpReLU SAE at blocks.1.hook_resid_post of the tiny model."""
-    from engine.saes import LoadedSAE
-    from engine.tiny import tiny_sae
+    from engine.lm.saes import LoadedSAE
+    from engine.lm.tiny import tiny_sae
 
     sae = tiny_sae(tiny_lm.d_model, d_sae=64, hook_name="blocks.1.hook_resid_post", architecture="jumprelu", seed=1)
     return LoadedSAE(sae, "tiny", "blocks.1.hook_resid_post")
@@ -34,8 +34,8 @@ def tiny_jumprelu(tiny_lm):
 @pytest.fixture(scope="session")
 def orthonormal_sae(tiny_lm):
     """A JumpReLU SAE whose decoder rows are orthonormal (d_sae < d_in), so W_dec[S] ⟂ W_enc[:, j∉S]."""
-    from engine.saes import LoadedSAE
-    from engine.tiny import tiny_sae
+    from engine.lm.saes import LoadedSAE
+    from engine.lm.tiny import tiny_sae
 
     sae = tiny_sae(tiny_lm.d_model, d_sae=16, hook_name="blocks.1.hook_resid_post", architecture="jumprelu", seed=2)
     q, _ = torch.linalg.qr(torch.randn(tiny_lm.d_model, 16, generator=torch.Generator().manual_seed(3)))
@@ -48,7 +48,7 @@ def orthonormal_sae(tiny_lm):
 
 @pytest.fixture(scope="session")
 def default_lm():
-    from engine.models import load_model
+    from engine.lm.loading import load_model
 
     return load_model("default", "cpu")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from engine.attribution.components import component, top_features
-from engine.clamp import ClampSpec
-from engine.generation import GenerationConfig, generate
+from engine.method.clamp import ClampSpec
+from engine.method.generation import GenerationConfig, generate
 
 
 def test_components_add_back_to_delta(tiny_jumprelu):
@@ -39,7 +39,7 @@ def test_components_add_back_to_delta(tiny_jumprelu):
 @pytest.fixture(scope="module")
 def recovered_run(tiny_lm, tmp_path_factory):
     """A tiny run: flips (all marked valid), then recovery with the encoder projection."""
-    from engine.cli import main
+    from engine.cli.main import main
 
     run = tmp_path_factory.mktemp("attr") / "run"
     assert main(["flips", "--prompts", "builtin:harmless", "--limit", "3", "--model", "tiny", "--sae", "tiny",
@@ -53,7 +53,7 @@ def recovered_run(tiny_lm, tmp_path_factory):
 
 
 def test_attribute_cli_writes_files_and_full_replay_reproduces_recovery(recovered_run, capsys):
-    from engine.cli import main
+    from engine.cli.main import main
 
     capsys.readouterr()
     assert main(["attribute", "--run", str(recovered_run), "--top-k", "4"]) == 0
@@ -89,8 +89,8 @@ def test_zero_replay_reproduces_the_defended_output(tiny_lm, tiny_jumprelu):
 
 def test_planted_residual_path(tiny_lm, orthonormal_sae):
     """δ lies outside the SAE's subspace, so the SAE sees nothing: the residual carries all of it."""
-    from engine.attribution.run import attribute_batch
-    from engine.judge import JudgeConfig
+    from engine.attribution.driver import attribute_batch
+    from engine.method.judge import JudgeConfig
     from engine.recovery.replay import Perturbation
 
     spec = ClampSpec(orthonormal_sae, [0, 1, 2], "set", [6.0])
@@ -127,7 +127,7 @@ def test_planted_residual_path(tiny_lm, orthonormal_sae):
 
 
 def test_bad_attribution_inputs(tmp_path, recovered_run, capsys):
-    from engine.cli import main
+    from engine.cli.main import main
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "flips.jsonl").write_text("")

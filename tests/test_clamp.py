@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.clamp import ClampSpec, clamped, defend
 from engine.errors import LabError
+from engine.method.clamp import ClampSpec, clamped, defend
 
 
 def _tokens(lm, text="Tell me about rivers."):
@@ -54,7 +54,7 @@ def test_only_targeted_features_change(tiny_lm, orthonormal_sae):
 
 @pytest.mark.parametrize("mode,values,expected", [("zero", [], 0.0), ("multiply", [2.0], None), ("set", [3.5], None)])
 def test_clamp_modes(orthonormal_sae, mode, values, expected):
-    from engine.clamp import clamp_latents
+    from engine.method.clamp import clamp_latents
 
     z = torch.rand(3, 16) + 0.5
     spec = ClampSpec(orthonormal_sae, [2, 5], mode, values)
@@ -84,8 +84,8 @@ def test_no_hook_remains_after_exit_or_exception(tiny_lm, tiny_jumprelu):
 
 
 def test_several_saes_at_once(tiny_lm, tiny_jumprelu):
-    from engine.saes import LoadedSAE
-    from engine.tiny import tiny_sae
+    from engine.lm.saes import LoadedSAE
+    from engine.lm.tiny import tiny_sae
 
     second = LoadedSAE(tiny_sae(tiny_lm.d_model, hook_name="blocks.2.hook_resid_post", seed=5), "tiny", "blocks.2.hook_resid_post")
     specs = [ClampSpec(tiny_jumprelu, [0], "set", [20.0]), ClampSpec(second, [3], "set", [20.0])]
@@ -99,8 +99,8 @@ def test_several_saes_at_once(tiny_lm, tiny_jumprelu):
 
 
 def test_clamp_is_applied_on_generated_tokens(tiny_lm, tiny_jumprelu, monkeypatch):
-    import engine.clamp as clamp_mod
-    from engine.generation import GenerationConfig, generate
+    import engine.method.clamp as clamp_mod
+    from engine.method.generation import GenerationConfig, generate
 
     widths: list[int] = []
     real = clamp_mod.defend
@@ -151,7 +151,7 @@ def test_gradient_through_clamp_matches_finite_differences(tiny_lm, tiny_jumprel
 
     # The same loss with the error term detached (what sae_lens' use_error_term does) has the wrong gradient:
     # this is why the clamp hook is ours.
-    from engine.clamp import clamp_latents
+    from engine.method.clamp import clamp_latents
 
     def detached(h, hook):
         z = sae64.encode(h)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 
 
 def run_cli(capsys, *argv):
@@ -22,7 +22,7 @@ def flips_args(tmp_path, *extra, prompts="builtin:harmless"):
 
 def test_info_json(capsys, monkeypatch):
     monkeypatch.setenv("SAE_LAB_OFFLINE", "1")
-    from engine.hub import hub_reachable
+    from engine.lm.hub import hub_reachable
 
     hub_reachable.cache_clear()
     code, out, _ = run_cli(capsys, "info")
@@ -61,7 +61,7 @@ def _one_line_error(code, err, fragment):
 
 @pytest.fixture
 def narrow_sae(tmp_path):
-    from engine.tiny import tiny_sae
+    from engine.lm.tiny import tiny_sae
 
     folder = tmp_path / "narrow"
     tiny_sae(16, hook_name="blocks.1.hook_resid_post").save_model(folder)
@@ -70,7 +70,7 @@ def narrow_sae(tmp_path):
 
 @pytest.fixture
 def wrong_hook_sae(tmp_path):
-    from engine.tiny import tiny_sae
+    from engine.lm.tiny import tiny_sae
 
     folder = tmp_path / "wronghook"
     tiny_sae(32, hook_name="blocks.9.hook_resid_post").save_model(folder)
@@ -79,7 +79,7 @@ def wrong_hook_sae(tmp_path):
 
 def test_bad_inputs_each_give_one_clear_line(tmp_path, capsys, narrow_sae, wrong_hook_sae, monkeypatch):
     monkeypatch.setenv("SAE_LAB_OFFLINE", "1")
-    from engine.hub import hub_reachable
+    from engine.lm.hub import hub_reachable
 
     hub_reachable.cache_clear()
     bad_json = tmp_path / "bad.json"
@@ -135,7 +135,7 @@ def test_hub_probe_answers_quickly_when_network_is_absent(monkeypatch):
 
     import requests
 
-    from engine.hub import hub_reachable
+    from engine.lm.hub import hub_reachable
 
     def refuse(*a, **k):
         raise requests.ConnectionError("no route")

@@ -22,16 +22,16 @@ def test_loads_offline_with_expected_shape(default_lm):
 
 
 def test_greedy_answer_is_sensible(default_lm):
-    from engine.generation import GenerationConfig, generate
+    from engine.method.generation import GenerationConfig, generate
 
     out = next(generate(default_lm, ["What is the capital of France?"], GenerationConfig(max_new_tokens=12)))
     assert "Paris" in out.text
 
 
 def test_error_term_splice_reproduces_logits(default_lm):
-    from engine.clamp import ClampSpec, clamped
-    from engine.saes import LoadedSAE
-    from engine.tiny import tiny_sae
+    from engine.lm.saes import LoadedSAE
+    from engine.lm.tiny import tiny_sae
+    from engine.method.clamp import ClampSpec, clamped
 
     sae = LoadedSAE(tiny_sae(576, d_sae=256, hook_name="blocks.15.hook_resid_post", seed=0), "tiny", "blocks.15.hook_resid_post")
     toks = torch.tensor([default_lm.encode(default_lm.chat_prompt("Name three rivers."))])
@@ -43,7 +43,7 @@ def test_error_term_splice_reproduces_logits(default_lm):
 
 
 def test_cli_flips_with_a_local_random_sae(tmp_path):
-    from engine.tiny import tiny_sae
+    from engine.lm.tiny import tiny_sae
 
     folder = tmp_path / "sae"
     tiny_sae(576, d_sae=128, hook_name="blocks.15.hook_resid_post", model_name="SmolLM2-135M-Instruct").save_model(folder)

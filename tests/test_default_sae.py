@@ -12,9 +12,9 @@ import shutil
 import pytest
 import torch
 
-from engine.default.__main__ import DEFAULT_HOOKS, FLOORS, PRIMARY
-from engine.default.__main__ import main as default_main
-from engine.saes import DEFAULT_SAE_DIR
+from engine.paths import DEFAULT_SAE_DIR
+from engine.sae_recipe.__main__ import DEFAULT_HOOKS, FLOORS, PRIMARY
+from engine.sae_recipe.__main__ import main as default_main
 
 MANIFEST = DEFAULT_SAE_DIR / "manifest.json"
 D_MODEL, D_SAE = 576, 4608
@@ -44,7 +44,7 @@ def test_manifest_lists_primary_and_both_hooks():
 
 
 def test_shipped_files_match_manifest_hashes():
-    from engine.default.serve import sha256
+    from engine.sae_recipe.serve import sha256
 
     files = _manifest()["files"]
     assert files
@@ -98,8 +98,8 @@ def test_preset_is_a_set_clamp_on_real_features(hook):
 
 
 def test_training_prompts_are_ours_and_disjoint_from_builtin_test_sets():
-    from engine.builtin_prompts import HARMFUL, HARMLESS
-    from engine.default.train_prompts import HARMFUL_TRAIN, HARMLESS_TRAIN, REFUSALS
+    from engine.method.builtin_prompts import HARMFUL, HARMLESS
+    from engine.sae_recipe.train_prompts import HARMFUL_TRAIN, HARMLESS_TRAIN, REFUSALS
 
     ours = HARMLESS_TRAIN + HARMFUL_TRAIN
     assert len(set(ours)) == len(ours) >= 300 and len(HARMFUL_TRAIN) >= 80
@@ -172,10 +172,10 @@ def test_plain_topk_with_the_same_weights_would_drift():
 
 @pytest.mark.slow
 def test_zero_drift_on_real_activations_and_default_loading():
-    from engine.default.corpus import REFUSALS
-    from engine.models import load_model
-    from engine.presets import resolve_clamp
-    from engine.saes import load_sae
+    from engine.lm.loading import load_model
+    from engine.lm.sae_sources import load_sae
+    from engine.method.presets import resolve_clamp
+    from engine.sae_recipe.corpus import REFUSALS
 
     lm = load_model("default", "cpu")
     sae = load_sae("default", lm)
@@ -199,8 +199,8 @@ def test_zero_drift_on_real_activations_and_default_loading():
 
 
 def test_chat_labels_mark_exactly_the_answers():
-    from engine.default.corpus import ANSWER, OTHER, REFUSAL, Turn, tokenize_chat
-    from engine.tiny import tiny_model
+    from engine.lm.tiny import tiny_model
+    from engine.sae_recipe.corpus import ANSWER, OTHER, REFUSAL, Turn, tokenize_chat
 
     lm = tiny_model()
     turns = [Turn("hi there", "Hello friend.", False), Turn("do bad", "I can't help with that.", True)]
@@ -214,10 +214,10 @@ def test_chat_labels_mark_exactly_the_answers():
 
 
 def test_recipe_on_tiny_model_collects_trains_and_serves():
-    from engine.default.corpus import Conversation, Turn, tokenize_chat
-    from engine.default.serve import quality, serve_as_jumprelu
-    from engine.default.train import TrainConfig, _distinct_positions, collect, train_topk
-    from engine.tiny import tiny_model
+    from engine.lm.tiny import tiny_model
+    from engine.sae_recipe.corpus import Conversation, Turn, tokenize_chat
+    from engine.sae_recipe.serve import quality, serve_as_jumprelu
+    from engine.sae_recipe.train import TrainConfig, _distinct_positions, collect, train_topk
 
     lm = tiny_model()
     words = ["apple", "river", "stone", "cloud", "music", "paper", "green", "light"]

@@ -11,20 +11,17 @@ import pytest
 import torch
 
 from engine.errors import LabError
-from engine.features import (
+from engine.features.cards import FeatureCard, feature_card, logit_effects
+from engine.features.search import (
     ContrastRow,
-    FeatureCard,
     answer_activations,
-    check_pair,
     contrast_from_activations,
     contrast_search,
-    feature_card,
     features_for_text,
-    logit_effects,
     token_activations,
 )
-from engine.saes import LoadedSAE
-from engine.tiny import tiny_model, tiny_sae
+from engine.lm.saes import LoadedSAE, check_fits
+from engine.lm.tiny import tiny_model, tiny_sae
 
 HOOK = "blocks.1.hook_resid_post"
 PLANTED = 7
@@ -158,10 +155,10 @@ def test_sae_for_another_model(planted):
     other = LoadedSAE(tiny_sae(lm.d_model, d_sae=16, hook_name=HOOK, model_name="gpt2"), "local:x", HOOK)
     smol = type(lm)(name="SmolLM2-135M-Instruct", model=lm.model, tokenizer=lm.tokenizer, device=lm.device)
     with pytest.raises(LabError, match="trained on gpt2"):
-        check_pair(smol, other)
+        check_fits(other, smol)
     tiny_for_smol = LoadedSAE(tiny_sae(lm.d_model, d_sae=16, hook_name=HOOK), "tiny", HOOK)
     with pytest.raises(LabError, match="trained on tiny"):
-        check_pair(smol, tiny_for_smol)
+        check_fits(tiny_for_smol, smol)
     missing_hook = LoadedSAE(tiny_sae(lm.d_model, d_sae=16, hook_name="blocks.9.hook_resid_post"), "tiny", "blocks.9.hook_resid_post")
     with pytest.raises(LabError, match="does not have"):
         contrast_search(lm, missing_hook, REFUSAL_PAIRS, ANSWER_PAIRS)
@@ -173,10 +170,11 @@ def test_default_sae_refusal_feature_card_and_contrast():
     few chats ranks it among the top features."""
     import json
 
-    from engine.default.train_prompts import HARMLESS_TRAIN
-    from engine.features import default_corpus
-    from engine.models import load_model
-    from engine.saes import DEFAULT_SAE_DIR, load_sae
+    from engine.features.cards import default_corpus
+    from engine.lm.loading import load_model
+    from engine.lm.sae_sources import load_sae
+    from engine.paths import DEFAULT_SAE_DIR
+    from engine.sae_recipe.train_prompts import HARMLESS_TRAIN
 
     lm = load_model("default", "cpu")
     sae = load_sae("default", lm)

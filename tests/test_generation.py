@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import LabError
-from engine.generation import GenerationConfig, generate
+from engine.method.generation import GenerationConfig, generate
 
 PROMPTS = ["hi", "tell me a story about a long river", "why?", "count to ten please"]
 

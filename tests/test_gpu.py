@@ -11,12 +11,12 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_recovery_on_cuda_matches_cpu():
-    from engine.clamp import ClampSpec
-    from engine.generation import GenerationConfig, generate
+    from engine.lm.saes import LoadedSAE
+    from engine.lm.tiny import tiny_model, tiny_sae
+    from engine.method.clamp import ClampSpec
+    from engine.method.generation import GenerationConfig, generate
     from engine.recovery.config import RecoveryConfig
-    from engine.recovery.run import recover_flips
-    from engine.saes import LoadedSAE
-    from engine.tiny import tiny_model, tiny_sae
+    from engine.recovery.driver import recover_flips
 
     results = {}
     for device in ("cpu", "cuda"):
@@ -34,8 +34,8 @@ def test_recovery_on_cuda_matches_cpu():
 
 
 def test_default_model_on_cuda_generates():
-    from engine.generation import GenerationConfig, generate
-    from engine.models import load_model
+    from engine.lm.loading import load_model
+    from engine.method.generation import GenerationConfig, generate
 
     lm = load_model("default", "cuda")
     out = next(generate(lm, ["What is the capital of France?"], GenerationConfig(max_new_tokens=12)))

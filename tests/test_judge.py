@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.judge import JudgeConfig, base_likeness, judge
+from engine.method.judge import JudgeConfig, base_likeness, judge
 
 
 def rules(text):

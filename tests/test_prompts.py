@@ -5,7 +5,7 @@ import json
 import pytest
 
 from engine.errors import LabError
-from engine.prompts import load_prompts
+from engine.method.prompts import load_prompts
 
 
 def test_builtins_are_varied_and_long_enough():

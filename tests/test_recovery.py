@@ -9,9 +9,9 @@ import threading
 import pytest
 import torch
 
-from engine.clamp import ClampSpec
 from engine.errors import LabError
-from engine.generation import GenerationConfig, generate
+from engine.method.clamp import ClampSpec
+from engine.method.generation import GenerationConfig, generate
 from engine.recovery.config import RecoveryConfig
 from engine.recovery.optimize import DeltaObjective, optimize_delta
 from engine.recovery.problem import build_problem
@@ -34,8 +34,8 @@ def _solve(lm, specs, flips, cfg, layer=1, on_event=None, cancel=None):
 
 @pytest.mark.parametrize("arch", ["jumprelu", "standard"])
 def test_encoder_projection_keeps_clamped_preacts_and_activations(tiny_lm, flips, arch):
-    from engine.saes import LoadedSAE
-    from engine.tiny import tiny_sae
+    from engine.lm.saes import LoadedSAE
+    from engine.lm.tiny import tiny_sae
 
     sae = LoadedSAE(tiny_sae(tiny_lm.d_model, 64, "blocks.1.hook_resid_post", architecture=arch, seed=4), "tiny", "blocks.1.hook_resid_post")
     spec = ClampSpec(sae, [0, 3, 5], "set", [6.0])
@@ -90,7 +90,7 @@ def test_budget_is_never_exceeded(tiny_lm, tiny_jumprelu, flips, kind, monkeypat
 
 
 def test_loss_decreases_and_recovery_raises_base_logprob(tiny_lm, tiny_jumprelu, flips):
-    from engine.recovery.run import recover_flips
+    from engine.recovery.driver import recover_flips
 
     spec = ClampSpec(tiny_jumprelu, [0, 1, 2], "set", [8.0])
     cfg = RecoveryConfig(projection="encoder", budget=20.0, steps=30, max_new_tokens=8)
@@ -152,8 +152,8 @@ def test_batched_equals_single(tiny_lm, tiny_jumprelu, flips):
 
 
 def test_jacobian_projection_reduces_cross_layer_drift(tiny_lm, flips):
-    from engine.saes import LoadedSAE
-    from engine.tiny import tiny_sae
+    from engine.lm.saes import LoadedSAE
+    from engine.lm.tiny import tiny_sae
 
     sae = LoadedSAE(tiny_sae(tiny_lm.d_model, 64, "blocks.2.hook_resid_post", seed=7), "tiny", "blocks.2.hook_resid_post")
     spec = ClampSpec(sae, [0, 1, 2, 3], "set", [5.0])
@@ -170,7 +170,7 @@ def test_jacobian_projection_reduces_cross_layer_drift(tiny_lm, flips):
 
 
 def test_soft_suffix_baseline_runs_and_improves_loss(tiny_lm, tiny_jumprelu, flips):
-    from engine.recovery.run import recover_flips
+    from engine.recovery.driver import recover_flips
 
     spec = ClampSpec(tiny_jumprelu, [0, 1, 2], "set", [8.0])
     cfg = RecoveryConfig(method="soft-suffix", steps=15, suffix_tokens=4, max_new_tokens=6, drift_threshold=math.inf)
@@ -200,7 +200,7 @@ def test_bad_recovery_config(kwargs, msg):
 def test_recover_cli_bad_runs(tmp_path, capsys):
     import json
 
-    from engine.cli import main
+    from engine.cli.main import main
 
     assert main(["recover", "--run", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -220,7 +220,7 @@ def test_recover_cli_bad_runs(tmp_path, capsys):
 def test_recover_and_sweep_cli_write_documented_files(tmp_path, capsys):
     import json
 
-    from engine.cli import main
+    from engine.cli.main import main
 
     run = tmp_path / "run"
     assert main(["flips", "--prompts", "builtin:harmless", "--limit", "3", "--model", "tiny", "--sae", "tiny",

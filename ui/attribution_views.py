@@ -7,6 +7,7 @@ from collections import defaultdict
 import pandas as pd
 import streamlit as st
 
+from engine.attribution.driver import summarize_attribution
 from ui import charts
 
 
@@ -21,19 +22,11 @@ def _gain(value: dict) -> float | None:
 
 
 def aggregate_rows(records: list[dict]) -> list[dict]:
-    """Per component: how many examples it restores alone, out of n, and the mean base log-prob gain."""
-    restored: dict[str, int] = defaultdict(int)
-    gains: dict[str, list[float]] = defaultdict(list)
-    seen: dict[str, int] = defaultdict(int)
-    for rec in records:
-        for name, value in _components(rec).items():
-            seen[name] += 1
-            restored[name] += bool(value.get("non_refusal"))
-            if (g := _gain(value)) is not None:
-                gains[name].append(g)
-    order = [c for c in charts.COMPONENTS if c in seen] + [c for c in seen if c not in charts.COMPONENTS]
-    return [{"component": c, "restored": restored[c], "n": seen[c], "mean_gain": sum(gains[c]) / len(gains[c]) if gains[c] else None}
-            for c in order]
+    """Per component: how many examples it restores alone, out of n, and the mean base log-prob gain
+    (``engine.attribution.driver.summarize_attribution``, shaped for the bar chart)."""
+    summary = summarize_attribution(records)
+    return [{"component": name, "restored": c["non_refusal"], "n": summary["n"], "mean_gain": c["mean_base_logprob_gain"]}
+            for name, c in summary["components"].items()]
 
 
 def example_rows(record: dict) -> list[dict]:
@@ -46,34 +39,20 @@ def heatmap_rows(records: list[dict]) -> list[dict]:
             for rec in records for name, v in _components(rec).items()]
 
 
-def _top_features(record: dict) -> list[dict]:
-    for key in ("top_features", "topk_features", "topk"):
-        value = record.get(key)
-        if isinstance(value, list):
-            return [v for v in value if isinstance(v, dict)]
-    return []
-
-
 def topk_rows(records: list[dict], sae=None) -> list[dict]:
     """The top-k features over all examples: how often each is in an example's top-k, its mean ‖δz‖, a link."""
     count: dict[int, int] = defaultdict(int)
     norms: dict[int, list[float]] = defaultdict(list)
     links: dict[int, str] = {}
     for rec in records:
-        for f in _top_features(rec):
-            idx = f.get("index", f.get("feature"))
-            if idx is None:
-                continue
-            idx = int(idx)
+        for f in rec.get("top_features", []):
+            idx = int(f["index"])
             count[idx] += 1
-            norm = f.get("delta_z_norm", f.get("abs_dz", f.get("delta_z")))
-            if isinstance(norm, (int, float)):
-                norms[idx].append(abs(float(norm)))
+            norms[idx].append(abs(float(f["delta_z_norm"])))
             url = f.get("neuronpedia_url") or (sae.neuronpedia_url(idx) if sae is not None else None)
             if url:
                 links[idx] = url
-    rows = [{"feature": i, "count": count[i], "mean_abs_dz": sum(norms[i]) / len(norms[i]) if norms[i] else 0.0,
-             "link": links.get(i, "")} for i in count]
+    rows = [{"feature": i, "count": count[i], "mean_abs_dz": sum(norms[i]) / len(norms[i]), "link": links.get(i, "")} for i in count]
     return sorted(rows, key=lambda r: (-r["count"], -r["mean_abs_dz"]))
 
 

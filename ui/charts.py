@@ -5,20 +5,18 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-COMPONENTS = ["full", "clamped", "non_clamped", "topk", "residual", "knockout"]
+from engine.attribution.components import COMPONENTS
+
 COMPONENT_LABELS = {"full": "full δ", "clamped": "clamped part", "non_clamped": "non-clamped part", "topk": "top-k part",
                     "residual": "SAE residual", "knockout": "knockout (δ − top-k)"}
 
 
 def step_frame(events: list[dict]) -> pd.DataFrame:
-    """Per-step events as a frame with ``step``, ``prompt`` and the metric columns present."""
+    """Per-step events (``engine.recovery.config.StepEvent`` rows) as a frame with a ``prompt`` column for colour."""
     if not events:
         return pd.DataFrame(columns=["step", "prompt", "loss", "drift"])
     df = pd.DataFrame(events)
-    if "step" not in df:
-        df["step"] = range(len(df))
-    prompt_col = next((c for c in ("prompt_id", "id", "prompt") if c in df), None)
-    df["prompt"] = df[prompt_col].astype(str) if prompt_col else "all"
+    df["prompt"] = df["prompt_id"].astype(str)
     return df
 
 

@@ -14,14 +14,6 @@ logger = logging.getLogger(__name__)
 _PERSIST = {"persist_state": "session"}
 
 
-def _features_module():
-    try:
-        from engine import features
-    except ImportError:
-        return None
-    return features
-
-
 def _add_to_clamp(sae, new: list[int], values: list[float] | None, origin: str) -> None:
     cur = state.clamp_state(sae)
     feats, vals = list(cur["features"]), list(cur["values"])
@@ -70,12 +62,9 @@ def contrast_tab(lm, sae) -> None:
         "Rank features by their mean activation on **refusal answers** minus on **ordinary answers** "
         "(answer tokens only). The model answers the prompts itself; the refusals are forced, in many phrasings."
     )
-    features = _features_module()
-    if features is None or not hasattr(features, "contrast_search"):
-        st.info("Contrast search arrives with `engine/features.py` (issue 3).")
-        return
-    from engine import jobs
-    from engine.prompts import load_prompts
+    from engine.features import search
+    from engine.method.prompts import load_prompts
+    from engine.services import jobs
 
     c1, c2, c3 = st.columns(3)
     n_prompts = c1.number_input("Prompts (built-in harmless)", 2, 50, 12, key="contrast_prompts", **_PERSIST)
@@ -87,9 +76,9 @@ def contrast_tab(lm, sae) -> None:
 
         def work(j, prompts=prompts, max_new=int(max_new), top_n=int(top_n)):
             j.set_progress(0, 2, "the model answers the prompts")
-            refusal_pairs, answer_pairs = features.contrast_pairs(lm, prompts, max_new_tokens=max_new)
+            refusal_pairs, answer_pairs = search.contrast_pairs(lm, prompts, max_new_tokens=max_new)
             j.set_progress(1, 2, "reading SAE activations")
-            rows = features.contrast_search(lm, sae, refusal_pairs, answer_pairs, top_n=top_n)
+            rows = search.contrast_search(lm, sae, refusal_pairs, answer_pairs, top_n=top_n)
             j.set_progress(2, 2, "")
             return [{"feature": r.feature, "diff": r.diff, "refusal_mean": r.refusal_mean, "answer_mean": r.answer_mean,
                      "refusal_freq": r.refusal_freq, "answer_freq": r.answer_freq} for r in rows]
@@ -126,15 +115,13 @@ def _job_result_fragment(job, result_key: str) -> None:
 
 def prompt_tab(lm, sae) -> None:
     st.markdown("The features most active on a text (position 0, the attention sink, is skipped).")
-    features = _features_module()
-    if features is None or not hasattr(features, "features_for_text"):
-        st.info("Search by prompt arrives with `engine/features.py` (issue 3).")
-        return
+    from engine.features.search import features_for_text
+
     text = st.text_area("Text", "I'm sorry, but I can't help with that request.", key="prompt_text", **_PERSIST)
     chat = st.toggle("Read it as a user turn in the chat template", value=False, key="prompt_chat", **_PERSIST)
     if st.button("Find active features", key="prompt_go"):
         with state.shown_errors("search by prompt"), st.spinner("Reading SAE activations…"):
-            hits = features.features_for_text(lm, sae, text, top_n=20, chat=chat)
+            hits = features_for_text(lm, sae, text, top_n=20, chat=chat)
             st.session_state["prompt_rows"] = [
                 {"feature": h.feature, "max_activation": h.max_activation, "mean_activation": h.mean_activation,
                  "tokens_active": h.n_active, "strongest_on": h.top_token} for h in hits
@@ -148,7 +135,7 @@ def index_tab(sae) -> None:
     text = c1.text_input("Feature indices", placeholder="e.g. 12, 40, 301", key="index_text")
     value = c2.number_input("Value", value=5.0, step=0.5, key="index_value")
     if st.button("Add to the clamp set", key="index_add"):
-        from engine.presets import parse_features
+        from engine.method.presets import parse_features
 
         try:
             feats = parse_features(text or "")
@@ -159,7 +146,7 @@ def index_tab(sae) -> None:
 
 
 def _np_client():
-    from engine.neuronpedia import NeuronpediaClient
+    from engine.services.neuronpedia import NeuronpediaClient
 
     key = None
     try:
@@ -170,7 +157,7 @@ def _np_client():
 
 
 def neuronpedia_tab(sae) -> None:
-    from engine.neuronpedia import split_neuronpedia_id
+    from engine.services.neuronpedia import split_neuronpedia_id
 
     st.markdown("Search feature explanations on [Neuronpedia](https://www.neuronpedia.org) by text (needs the internet).")
     np_id = st.text_input("Neuronpedia SAE id (MODEL/LAYER)", value=sae.neuronpedia_id or "", key="np_id",
@@ -210,23 +197,21 @@ def feature_card_section(lm, sae) -> None:
     url = sae.neuronpedia_url(idx)
     if url:
         c2.markdown(f"[Open feature {idx} on Neuronpedia]({url})")
-    features = _features_module()
+    from engine.features.cards import feature_card
+
     local, remote = st.columns(2)
     with local:
-        if features is not None and hasattr(features, "feature_card"):
-            if st.button("Show local card", key="card_go", help="Top contexts from a local corpus, logit effects, frequency"):
-                with state.shown_errors("feature card"), st.spinner("Computing the card…"):
-                    corpus = _corpus(lm.name, lm)
-                    st.session_state["card"] = (sae.source, idx, features.feature_card(lm, sae, idx, corpus))
-            card = st.session_state.get("card")
-            if card and card[:2] == (sae.source, idx):
-                render_local_card(card[2])
-        else:
-            st.caption("Local feature cards arrive with `engine/features.py` (issue 3).")
+        if st.button("Show local card", key="card_go", help="Top contexts from a local corpus, logit effects, frequency"):
+            with state.shown_errors("feature card"), st.spinner("Computing the card…"):
+                corpus = _corpus(lm.name, lm)
+                st.session_state["card"] = (sae.source, idx, feature_card(lm, sae, idx, corpus))
+        card = st.session_state.get("card")
+        if card and card[:2] == (sae.source, idx):
+            render_local_card(card[2])
     with remote:
         if sae.neuronpedia_id:
             if st.button("Fetch from Neuronpedia", key="card_np"):
-                from engine.neuronpedia import split_neuronpedia_id
+                from engine.services.neuronpedia import split_neuronpedia_id
 
                 try:
                     model_id, layer = split_neuronpedia_id(sae.neuronpedia_id)
@@ -248,7 +233,7 @@ def feature_card_section(lm, sae) -> None:
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _corpus(model_name: str, _lm) -> list[str]:
-    from engine.features import default_corpus
+    from engine.features.cards import default_corpus
 
     return default_corpus(_lm, limit=160)
 
@@ -278,7 +263,7 @@ def render_local_card(card) -> None:
 
 
 def clamp_editor(sae) -> None:
-    from engine.clamp import CLAMP_MODES
+    from engine.method.clamp import CLAMP_MODES
 
     cur = state.clamp_state(sae)
     if not cur["features"]:
@@ -300,7 +285,7 @@ def clamp_editor(sae) -> None:
         try:
             feats = [int(f) for f in rows["feature"]]
             values = [float(v) if pd.notna(v) else 1.0 for v in rows["value"]]
-            from engine.clamp import ClampSpec
+            from engine.method.clamp import ClampSpec
 
             if feats:
                 ClampSpec(sae, feats, mode, values)  # validates
@@ -315,17 +300,17 @@ def clamp_editor(sae) -> None:
 
 
 def presets_section(sae) -> None:
-    from engine import run_store
-    from engine.presets import load_preset, preset_path, save_preset
+    from engine.method import presets
+    from engine.method.presets import load_preset, preset_path, save_preset
 
     with st.expander("Presets: save and load clamp sets"):
         shipped = preset_path(sae)
-        saved = run_store.list_presets(sae.hook_name)
+        saved = presets.list_presets(sae.hook_name)
         options = ([f"shipped: {shipped.name}"] if shipped else []) + [p.stem for p in saved]
         if options:
             choice = st.selectbox("Preset", options, key="preset_choice")
             if st.button("Load preset", key="preset_load"):
-                path = shipped if choice.startswith("shipped:") else run_store.presets_dir() / f"{choice}.json"
+                path = shipped if choice.startswith("shipped:") else presets.presets_dir() / f"{choice}.json"
                 try:
                     spec = load_preset(path, sae)
                     origin = "the SAE's shipped preset" if choice.startswith("shipped:") else f"preset '{path.stem}'"
@@ -339,7 +324,7 @@ def presets_section(sae) -> None:
         if st.button("Save preset", key="preset_save"):
             try:
                 spec = state.clamp_specs(sae)[0]
-                save_preset(run_store.preset_file(name or ""), spec, note=f"saved from the dashboard, SAE {sae.source}")
-                st.success(f"Saved {run_store.preset_file(name).name}.")
+                save_preset(presets.preset_file(name or ""), spec, note=f"saved from the dashboard, SAE {sae.source}")
+                st.success(f"Saved {presets.preset_file(name).name}.")
             except LabError as exc:
                 st.error(str(exc))

@@ -95,17 +95,22 @@ def results_table(records: list[dict]) -> None:
     st.dataframe(df, hide_index=True, width="stretch")
 
 
-def texts_side_by_side(rec: dict, judge_cfg=None) -> None:
-    from engine.judge import judge
+def _degenerate(reasons: list) -> bool:
+    return any(str(r.get("rule", "")).startswith("degenerate") for r in reasons)
 
+
+def texts_side_by_side(rec: dict, flip: dict) -> None:
+    """Base, clamped and recovered texts with the verdicts recorded when each was judged (nothing is re-judged)."""
     st.markdown(f"**#{rec.get('id')}** {rec.get('prompt', '')}")
-    cols = st.columns(3)
-    for col, (title, key) in zip(cols, (("Base", "base_text"), ("Clamped", "clamped_text"), ("Recovered (clamp on, + δ)", "recovered_text"))):
-        text = rec.get(key, "")
-        verdict = judge(text, judge_cfg)
-        reasons = verdict.to_json()["reasons"]
+    base_reasons, clamped_reasons, rec_reasons = flip.get("base_reasons", []), flip.get("clamped_reasons", []), rec.get("reasons", [])
+    panels = (
+        ("Base", rec.get("base_text", ""), base_reasons, bool(flip.get("base_refusal")), _degenerate(base_reasons)),
+        ("Clamped", rec.get("clamped_text", ""), clamped_reasons, bool(flip.get("clamped_refusal")), bool(flip.get("clamped_degenerate"))),
+        ("Recovered (clamp on, + δ)", rec.get("recovered_text", ""), rec_reasons, not rec.get("non_refusal"), bool(rec.get("degenerate"))),
+    )
+    for col, (title, text, reasons, refusal, degenerate) in zip(st.columns(3), panels):
         with col:
-            render.text_panel(title, text, reasons, verdict.refusal, verdict.degenerate)
+            render.text_panel(title, text, reasons, refusal, degenerate)
 
 
 def sweep_rows(sweep: dict) -> list[dict]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from engine import jobs
+from engine.services import jobs
 
 RULE_COLOURS = {
     "refusal_statement": "#ffc9c9",

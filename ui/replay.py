@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import run_store
 from engine.errors import LabError
-from engine.judge import JudgeConfig
+from engine.store import catalogue
 from ui import recovery_views as rv
 
 
@@ -21,7 +20,7 @@ def replay_section(name: str, info) -> None:
         st.info("This run has no recovery yet, so there is nothing to replay. Pick another run in the selector above.")
         return
     try:
-        records = run_store.read_records(name, "recovery.jsonl")
+        records = catalogue.read_records(name, "recovery.jsonl")
     except LabError as exc:
         st.error(str(exc))
         return
@@ -67,4 +66,5 @@ def replay_section(name: str, info) -> None:
             rv.summary_metrics(info.recovery_summary)
         ids = [r["id"] for r in records]
         pick = st.selectbox("Prompt", ids, format_func=lambda i: f"#{i}", key=f"replay_pick:{name}")
-        rv.texts_side_by_side(next(r for r in records if r["id"] == pick), JudgeConfig.from_json(info.config.get("judge")))
+        flips = {f["id"]: f for f in catalogue.read_records(name, "flips.jsonl")}
+        rv.texts_side_by_side(next(r for r in records if r["id"] == pick), flips.get(pick, {}))

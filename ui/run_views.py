@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import run_store
 from engine.errors import LabError
+from engine.store import catalogue
 from ui import charts
 from ui import recovery_views as rv
 
@@ -15,16 +15,16 @@ def run_charts(info) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = []
     try:
         if info.has_recovery:
-            records = run_store.read_records(info.name, "recovery.jsonl")
+            records = catalogue.read_records(info.name, "recovery.jsonl")
             df = charts.step_frame(rv.history_events(records))
             out.append(("recovery-loss", charts.metric_chart(df, "loss", f"Loss per step · {info.name}")))
             out.append(("recovery-drift", charts.metric_chart(df, "drift", f"Defended-feature drift per step · {info.name}")))
         for sweep_file in info.sweeps:
-            out.append((sweep_file.removesuffix(".json"), charts.sweep_chart(rv.sweep_rows(run_store.read_sweep(info.name, sweep_file)))))
+            out.append((sweep_file.removesuffix(".json"), charts.sweep_chart(rv.sweep_rows(catalogue.read_sweep(info.name, sweep_file)))))
         if info.has_attribution:
             from ui import attribution_views as av
 
-            records = run_store.read_records(info.name, "attribution.jsonl")
+            records = catalogue.read_records(info.name, "attribution.jsonl")
             out.append(("attribution-aggregate", charts.attribution_aggregate_chart(av.aggregate_rows(records))))
     except LabError as exc:
         st.error(str(exc))

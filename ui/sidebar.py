@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.errors import LabError
+from engine.lm.models import is_default_model
 from ui import render, state
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
@@ -12,19 +13,18 @@ DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 @st.cache_resource(show_spinner=False)
 def _model_options() -> list[str]:
-    from engine.models import available_models
+    from engine.lm.loading import available_models
 
     return available_models()
 
 
 @st.cache_resource(show_spinner=False)
 def _default_sae_options() -> list[str]:
-    from engine.saes import DEFAULT_SAE_DIR, _primary_default_hook, default_sae_names
+    from engine.lm.sae_sources import default_sae_names, primary_default_hook
 
-    names = default_sae_names()
-    if not names:
+    names, primary = default_sae_names(), primary_default_hook()
+    if primary is None:
         return []
-    primary = _primary_default_hook(names) if (DEFAULT_SAE_DIR / "manifest.json").is_file() else names[0]
     return [f"default:{primary}", *(f"default:{n}" for n in names if n != primary)]
 
 
@@ -35,7 +35,7 @@ def _sae_options(model_name: str) -> tuple[list[str], dict[str, str]]:
     if model_name == "tiny":
         options.append("default")
         captions["default"] = "random tiny SAE (tests)"
-    elif model_name == "default":
+    elif is_default_model(model_name):
         shipped = _default_sae_options()
         options.extend(shipped)
         for o in shipped:

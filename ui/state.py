@@ -1,7 +1,7 @@
 """Session state, cached model/SAE loading, the clamp set, run selection and job re-attachment.
 
 Models and SAEs are cached with ``st.cache_resource``: one object shared by every browser session. Clamp hooks
-are only ever attached inside ``engine.clamp.clamped`` (which holds the model's lock and always removes them),
+are only ever attached inside ``engine.method.clamp.clamped`` (which holds the model's lock and always removes them),
 so two sessions never see each other's clamps.
 """
 
@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from engine import jobs
 from engine.errors import LabError
+from engine.services import jobs
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +34,14 @@ def default_model_name() -> str:
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=3)
 def _load_model(name: str, device: str):
-    from engine.models import load_model
+    from engine.lm.loading import load_model
 
     return load_model(name, device)
 
 
 @st.cache_resource(show_spinner="Loading the SAE…", max_entries=6)
 def _load_sae(spec: str, model_name: str, device: str):
-    from engine.saes import load_sae
+    from engine.lm.sae_sources import load_sae
 
     return load_sae(spec, _load_model(model_name, device))
 
@@ -50,9 +50,10 @@ def _load_sae(spec: str, model_name: str, device: str):
 def registry_options(model_name: str) -> list[dict]:
     """sae_lens registry SAEs for ``model_name`` (none for the offline default and tiny: no release targets them,
     and reading the registry costs a second or two of start-up)."""
-    from engine.saes import registry_saes
+    from engine.lm.models import is_default_model
+    from engine.lm.sae_sources import registry_saes
 
-    if model_name in ("default", "tiny", "SmolLM2-135M-Instruct"):
+    if is_default_model(model_name) or model_name == "tiny":
         return []
     try:
         return registry_saes(model_name)
@@ -66,7 +67,7 @@ def _hub_probe() -> dict:
     """Ask once, in the background: an unreachable hub can take seconds to time out, and nothing should wait."""
     import threading
 
-    from engine.hub import hub_reachable
+    from engine.lm.hub import hub_reachable
 
     result: dict = {"reachable": None}
 
@@ -104,10 +105,11 @@ def get_lm():
 def get_sae():
     spec = sae_spec()
     if spec is None:
-        from engine.saes import default_sae_names
+        from engine.lm.models import is_default_model
+        from engine.lm.sae_sources import default_sae_names
 
-        if model_choice()[0] == "default" and not default_sae_names():
-            raise LabError("no default SAE is shipped in this checkout (train it with `python -m engine.default train`); "
+        if is_default_model(model_choice()[0]) and not default_sae_names():
+            raise LabError("no default SAE is shipped in this checkout (train it with `python -m engine.sae_recipe train`); "
                            "or type the path of a local sae_lens SAE folder in the sidebar")
         raise LabError("choose an SAE in the sidebar (or type a local folder path)")
     name, device = model_choice()
@@ -161,7 +163,7 @@ def clamp_state(sae) -> dict:
     state = st.session_state.get("clamp")
     if state is None or state.get("sae") != sae.source:
         state = {"sae": sae.source, "features": [], "mode": "set", "values": [], "origin": "empty"}
-        from engine.presets import load_preset, preset_path
+        from engine.method.presets import load_preset, preset_path
 
         path = preset_path(sae)
         if path is not None:
@@ -182,7 +184,7 @@ def set_clamp(sae, features: list[int], mode: str, values: list[float], origin: 
 
 def clamp_specs(sae) -> list:
     """The clamp as engine ClampSpecs (raises LabError when the set is empty or invalid)."""
-    from engine.clamp import ClampSpec
+    from engine.method.clamp import ClampSpec
 
     state = clamp_state(sae)
     return [ClampSpec(sae, state["features"], state["mode"], state["values"])]
@@ -214,7 +216,7 @@ def set_current_run(name: str | None) -> None:
 
 def run_picker(label: str, key: str, need: str = "flips.jsonl", help: str | None = None) -> str | None:
     """A selectbox of stored runs that have ``need``; the choice becomes the session's current run."""
-    from engine.run_store import list_runs
+    from engine.store.catalogue import list_runs
 
     runs = [r.name for r in list_runs() if (r.path / need).is_file()]
     if not runs:
@@ -260,8 +262,11 @@ def presenter() -> bool:
 
 def run_model_matches(info, lm) -> bool:
     """Whether the run was made with the loaded model; if not, say so in the page."""
+    from engine.lm.models import is_default_model
+
     made_with = info.config.get("model_id") or info.config.get("model")
-    if made_with and made_with not in (lm.name, "default" if lm.name == "SmolLM2-135M-Instruct" else None):
+    same = made_with == lm.name or (is_default_model(made_with) and is_default_model(lm.name))
+    if made_with and not same:
         st.error(f"Run `{info.name}` was made with model **{made_with}**, but **{lm.name}** is loaded. "
                  f"Pick {info.config.get('model', made_with)!r} in the sidebar to continue this run.")
         return False

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import labels
 from engine.errors import LabError
-from engine.judge import JudgeConfig
+from engine.method.judge import JudgeConfig
+from engine.store import labels
 from ui import render
 
 SOURCES = {"Built-in harmless": "builtin:harmless", "Built-in harmful": "builtin:harmful", "Upload a file": "upload", "Type prompts": "typed"}
@@ -15,7 +15,7 @@ _PERSIST = {"persist_state": "session"}
 
 def prompt_source_form() -> tuple[list[str], dict]:
     """The prompt set and generation settings the user chose (``prompts`` is empty when none are usable)."""
-    from engine.prompts import MAX_PROMPT_BYTES, load_prompts, parse_prompts
+    from engine.method.prompts import MAX_PROMPT_BYTES, load_prompts, parse_prompts
 
     choice = st.radio("Prompts", list(SOURCES), horizontal=True, key="flips_source", **_PERSIST)
     source = SOURCES[choice]
@@ -50,7 +50,7 @@ def prompt_source_form() -> tuple[list[str], dict]:
 
 
 def generation_config(settings: dict):
-    from engine.generation import GenerationConfig
+    from engine.method.generation import GenerationConfig
 
     return GenerationConfig(max_new_tokens=settings["max_new_tokens"], batch_size=settings["batch_size"], seed=settings["seed"])
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.saes import LoadedSAE
+from engine.lm.saes import LoadedSAE
 
 COMPONENTS = ("full", "clamped", "non_clamped", "topk", "residual", "knockout")
 

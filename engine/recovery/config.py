@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from engine.errors import LabError
+from engine.method.judge import JudgeConfig, base_likeness, judge
 
 Projection = Literal["encoder", "none", "jacobian"]
 Method = Literal["delta", "soft-suffix"]
@@ -28,7 +29,7 @@ class RecoveryConfig:
     """Norm bound of δ (see ``budget_kind``/``budget_relative``); the paper's main refusal runs use 40."""
     budget_kind: BudgetKind = "per_position"
     """``per_position``: every row ‖δ_t‖ ≤ B; ``matrix``: ‖δ‖_F ≤ B over all rows."""
-    budget_relative: bool = False
+    budget_relative: bool = field(default=False, metadata={"aliases": ("--relative",)})
     """True: B is a fraction of the median residual norm at the δ layer (position 0 excluded); False: absolute."""
     steps: int = 60
     """Optimisation steps in total (boundary + answer stage)."""
@@ -46,7 +47,7 @@ class RecoveryConfig:
     """The kept δ is the lowest-loss one among steps whose drift is at most this. None: 0.05 for the constrained
     methods, no threshold for the unconstrained baseline (``none``), whose drift is what it reports."""
     delta_layer: int | None = None
-    """Layer whose resid_post carries δ (default: the clamp's layer; ``jacobian`` defaults to two layers lower)."""
+    """Layer whose resid_post carries δ (default: the clamp's layer; ``jacobian`` defaults to five layers lower)."""
     n_probes: int = 16
     """``jacobian``: random probes per estimate of the row space of ∂z_S/∂h."""
     probe_every: int = 10
@@ -64,7 +65,7 @@ class RecoveryConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute dtype on GPU (CPU always float32)."""
     extra: dict = field(default_factory=dict)
-    """Free-form notes saved with the run."""
+    """Free-form notes saved with the run (not a command-line option)."""
 
     def __post_init__(self) -> None:
         if self.projection not in ("encoder", "none", "jacobian"):
@@ -144,3 +145,15 @@ class PromptResult:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def judged(cls, flip: dict, text: str, judge_cfg: JudgeConfig, **measured) -> PromptResult:
+        """The result of one flip: the recovered ``text`` judged against the flip's base text, plus ``measured``
+        (drift, norms, log-probs, histories). Every recovery method builds its results here."""
+        verdict = judge(text, judge_cfg)
+        like = base_likeness(text, flip["base_text"], judge_cfg, verdict)
+        return cls(
+            id=int(flip["id"]), prompt=flip["prompt"], base_text=flip["base_text"], clamped_text=flip["clamped_text"],
+            recovered_text=text, non_refusal=like.non_refusal, base_like=like.base_like, strict_base_like=like.strict_base_like,
+            degenerate=verdict.degenerate, reasons=verdict.to_json()["reasons"], **measured,
+        )

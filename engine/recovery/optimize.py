@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.clamp import ClampSpec, clamped
-from engine.models import LoadedModel
+from engine.lm.models import LoadedModel
+from engine.method.clamp import ClampSpec, clamped
 from engine.recovery import metrics
 from engine.recovery.config import RecoveryConfig, StepEvent
 from engine.recovery.problem import Problem, delta_hook, run_suffix, split_specs

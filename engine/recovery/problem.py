@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.clamp import ClampSpec, clamped
 from engine.errors import LabError
-from engine.models import LoadedModel
-from engine.saes import hook_layer
+from engine.lm.models import LoadedModel
+from engine.lm.saes import hook_layer
+from engine.method.clamp import ClampSpec, clamped
 
 
 @dataclass

@@ -22,14 +22,14 @@ from collections.abc import Sequence
 
 import torch
 
-from engine.clamp import ClampSpec
+from engine.method.clamp import ClampSpec
 
 
 class EncoderProjector:
     """P = I − QQᵀ for the encoder columns of the clamped features at δ's hook."""
 
     def __init__(self, specs: Sequence[ClampSpec], dtype=torch.float32):
-        cols = [s.sae.sae.W_enc[:, s.features].detach().to(dtype) for s in specs]  # type: ignore[attr-defined]
+        cols = [s.sae.W_enc[:, s.features].detach().to(dtype) for s in specs]
         a = torch.cat(cols, dim=1)  # [d, |S|]
         q, r = torch.linalg.qr(a)
         keep = r.diagonal().abs() > 1e-6 * r.diagonal().abs().max()  # drop dependent columns

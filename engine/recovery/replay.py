@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.generation import HookFactory
-from engine.models import Batch
+from engine.lm.models import Batch
+from engine.method.generation import HookFactory
 from engine.recovery.problem import Problem, delta_hook
 
 

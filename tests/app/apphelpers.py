@@ -32,7 +32,7 @@ def problems(at) -> list[str]:
 
 
 def wait_job(kind: str, timeout: float = 120):
-    from engine import jobs
+    from engine.services import jobs
 
     job = jobs.latest_job(kind)
     assert job is not None, f"no {kind} job was started"
@@ -48,7 +48,7 @@ def make_flips_run(data: Path, name: str = "tiny-run", n: int = 3, valid: bool =
     config = {"command": "flips", "model": "tiny", "model_id": "tiny", "sae": "tiny", "device": "cpu", "seed": 0,
               "max_new_tokens": 4, "batch_size": 4, "clamps": [clamp], "judge": None, "created": time.time()}
     (run / "config.json").write_text(json.dumps(config))
-    from engine.judge import judge
+    from engine.method.judge import judge
 
     refusal = "I'm sorry, but I can't help with that."
     reasons = judge(refusal).to_json()["reasons"]
@@ -67,9 +67,9 @@ def make_flips_run(data: Path, name: str = "tiny-run", n: int = 3, valid: bool =
 
 def add_recovery(run: Path, steps: int = 2) -> dict:
     """Real recovery on the tiny model (few steps, short answers) so recovery/attribution files exist."""
-    from engine.models import load_model
+    from engine.lm.loading import load_model
     from engine.recovery.config import RecoveryConfig
-    from engine.recovery.run import run_recovery
+    from engine.recovery.driver import run_recovery
 
     cfg = RecoveryConfig(steps=steps, max_new_tokens=4, answer_tokens=8)
     return run_recovery(run, cfg, lm=load_model("tiny", "cpu"))

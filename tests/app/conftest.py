@@ -24,7 +24,7 @@ def lab_env(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("NEURONPEDIA_API_KEY", raising=False)
     yield data
-    from engine import jobs
+    from engine.services import jobs
 
     jobs.cancel_all(timeout=60)
 

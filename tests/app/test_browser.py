@@ -30,13 +30,13 @@ def _model() -> str:
     forced = os.environ.get("SAE_LAB_BROWSER_MODEL")
     if forced:
         return forced
-    from engine.saes import default_sae_names
+    from engine.lm.sae_sources import default_sae_names
 
     return "default" if default_sae_names() else "tiny"
 
 
 def _labels(data, run: str) -> dict:
-    from engine import labels
+    from engine.store import labels
 
     assert os.environ["SAE_LAB_DATA"] == str(data)
 

@@ -12,8 +12,9 @@ import zipfile
 import pytest
 import torch
 
-from engine import jobs, labels, run_store
 from engine.errors import LabError
+from engine.services import jobs
+from engine.store import catalogue, labels
 from tests.app.apphelpers import add_attribution_records, make_flips_run
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -119,7 +120,7 @@ def test_bad_label_is_refused(lab_env):
 def test_label_export_has_judge_columns_and_filled_manual_audit_label(lab_env):
     make_flips_run(lab_env, "run-x", n=3)
     labels.set_label("run-x", 1, "genuine", "ok")
-    rows = list(csv.DictReader(io.StringIO(labels.export_csv("run-x", run_store.read_records("run-x", "flips.jsonl")))))
+    rows = list(csv.DictReader(io.StringIO(labels.export_csv("run-x", catalogue.read_records("run-x", "flips.jsonl")))))
     assert list(rows[0]) == labels.EXPORT_COLUMNS
     assert [r["manual_audit_label"] for r in rows] == ["", "genuine", ""]
     assert rows[1]["manual_audit_note"] == "ok"
@@ -132,24 +133,24 @@ def test_label_export_has_judge_columns_and_filled_manual_audit_label(lab_env):
 def test_list_open_compare_delete(lab_env):
     make_flips_run(lab_env, "run-a", n=2)
     make_flips_run(lab_env, "run-b", n=3, valid=False)
-    names = [r.name for r in run_store.list_runs()]
+    names = [r.name for r in catalogue.list_runs()]
     assert set(names) == {"run-a", "run-b"}
-    info = run_store.get_run("run-a")
+    info = catalogue.get_run("run-a")
     assert info.has_flips and not info.has_recovery
     assert info.row()["valid flips"] == 2
-    diff = {r["field"]: r for r in run_store.compare_runs("run-a", "run-b")}
+    diff = {r["field"]: r for r in catalogue.compare_runs("run-a", "run-b")}
     assert diff["flips.n_valid"]["a"] == 2 and diff["flips.n_valid"]["b"] == 0 and not diff["flips.n_valid"]["same"]
     assert diff["config.model"]["same"]
     labels.set_label("run-a", 0, "genuine")
-    run_store.delete_run("run-a")
-    assert [r.name for r in run_store.list_runs()] == ["run-b"]
+    catalogue.delete_run("run-a")
+    assert [r.name for r in catalogue.list_runs()] == ["run-b"]
     assert labels.get_labels("run-a") == {}
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", "", ".hidden", "x" * 200])
 def test_run_names_cannot_escape_the_store(lab_env, name):
     with pytest.raises(LabError):
-        run_store.get_run(name)
+        catalogue.get_run(name)
 
 
 def test_export_zip_has_json_csv_parquet_deltas_and_labels(lab_env):
@@ -158,7 +159,7 @@ def test_export_zip_has_json_csv_parquet_deltas_and_labels(lab_env):
     (run / "deltas").mkdir()
     (run / "deltas" / "0.safetensors").write_bytes(b"not really tensors")
     labels.set_label("run-z", 0, "not", "n")
-    data = run_store.export_zip("run-z")
+    data = catalogue.export_zip("run-z")
     zf = zipfile.ZipFile(io.BytesIO(data))
     names = set(zf.namelist())
     for expected in ("run-z/config.json", "run-z/flips.jsonl", "run-z/flips.csv", "run-z/flips.parquet",
@@ -172,22 +173,39 @@ def test_export_zip_has_json_csv_parquet_deltas_and_labels(lab_env):
 
 
 def test_new_run_dirs_are_unique(lab_env):
-    a, b = run_store.new_run_dir("flips"), run_store.new_run_dir("flips")
+    a, b = catalogue.new_run_dir("flips"), catalogue.new_run_dir("flips")
     assert a != b and a.is_dir() and b.is_dir()
 
 
-def test_write_flips_run_matches_the_cli_layout(lab_env, tiny_lm, tiny_jumprelu):
-    from engine.clamp import ClampSpec
-    from engine.generation import GenerationConfig
-    from engine.judge import JudgeConfig
-    from engine.session import open_run
+def test_write_flips_run_matches_the_cli_layout(lab_env, tmp_path, capsys):
+    """The dashboard's flips run and the CLI's are the same files: same records, same config but for who wrote it."""
+    from engine.cli.main import main
+    from engine.lm.loading import load_model
+    from engine.lm.sae_sources import load_sae
+    from engine.method.flips import write_flips_run
+    from engine.method.generation import GenerationConfig
+    from engine.method.judge import JudgeConfig
+    from engine.method.presets import resolve_clamp
+    from engine.method.prompts import load_prompts
+    from engine.store.context import open_run
+    from engine.store.files import read_json, read_jsonl
 
-    run = run_store.new_run_dir("flips")
-    spec = ClampSpec(tiny_jumprelu, [1, 2], "set", [4.0])
+    cli_run = tmp_path / "cli"
+    assert main(["flips", "--prompts", "builtin:harmless", "--limit", "3", "--model", "tiny", "--sae", "tiny", "--features", "1,2",
+                 "--value", "4", "--max-new-tokens", "3", "--out", str(cli_run)]) == 0, capsys.readouterr().err
+    lm = load_model("tiny", "cpu")
+    spec = resolve_clamp(load_sae("tiny", lm), "1,2", None, 4.0)
+    page_run = catalogue.new_run_dir("flips")
     seen = []
-    summary = run_store.write_flips_run(tiny_lm, [spec], ["hi", "tell me"], GenerationConfig(max_new_tokens=3), JudgeConfig(), run,
-                                        {"model": "tiny", "prompts": "typed"}, on_record=seen.append)
-    assert summary["n_prompts"] == 2 and len(seen) == 2
-    assert {p.name for p in run.iterdir()} >= {"config.json", "flips.jsonl", "summary.json"}
-    ctx = open_run(run, lm=tiny_lm)  # the recovery engine can continue it
+    settings = {"model": "tiny", "prompts": "builtin:harmless", "limit": 3, "source": "dashboard"}
+    summary = write_flips_run(lm, [spec], load_prompts("builtin:harmless", 3), GenerationConfig(max_new_tokens=3, batch_size=8),
+                              JudgeConfig(), page_run, settings, on_record=seen.append)
+    assert summary["n_prompts"] == 3 and len(seen) == 3
+    assert sorted(p.name for p in page_run.iterdir()) == sorted(p.name for p in cli_run.iterdir())
+    assert read_jsonl(page_run / "flips.jsonl") == read_jsonl(cli_run / "flips.jsonl")
+    assert read_json(page_run / "summary.json") == read_json(cli_run / "summary.json")
+    cfg_page, cfg_cli = read_json(page_run / "config.json"), read_json(cli_run / "config.json")
+    differ = {k for k in cfg_page.keys() | cfg_cli.keys() if cfg_page.get(k) != cfg_cli.get(k)}
+    assert differ == {"created", "source"}, differ
+    ctx = open_run(page_run, lm=lm)  # the recovery engine can continue it
     assert ctx.specs[0].features == [1, 2]

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from engine.neuronpedia import NeuronpediaClient, NeuronpediaError, split_neuronpedia_id
+from engine.services.neuronpedia import NeuronpediaClient, NeuronpediaError, split_neuronpedia_id
 
 KEY = "sk-np-test-secret-123"
 

@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from engine import jobs, labels, run_store
+from engine.method import presets
+from engine.services import jobs
+from engine.store import catalogue, labels
 from tests.app.apphelpers import PAGES, add_attribution_records, add_recovery, goto, make_flips_run, new_app, problems, wait_job
 
 
@@ -61,7 +63,7 @@ def test_features_add_by_index_edit_and_presets(app):
     assert any("out of range" in e.value for e in app.error)
     app.text_input(key="preset_name").input("my preset")
     app.button(key="preset_save").click().run()
-    assert run_store.preset_file("my-preset").is_file()
+    assert presets.preset_file("my-preset").is_file()
     app.button(key="clamp_clear").click().run()
     assert app.session_state["clamp"]["features"] == []
     app.selectbox(key="preset_choice").set_value("my-preset")
@@ -118,7 +120,7 @@ def test_flips_job_streams_and_saves_a_run(app):
     app.run()
     assert not problems(app)
     name = app.session_state["run"]
-    info = run_store.get_run(name)
+    info = catalogue.get_run(name)
     assert info.summary["n_prompts"] == 2 and info.config["prompts"] == "typed" and info.config["model"] == "tiny"
     assert [m.value for m in app.metric][:1] == ["2"]
 
@@ -136,7 +138,7 @@ def test_flips_cancel_keeps_finished_prompts(app):
     assert job.status == "cancelled"
     app.run()
     assert not app.exception
-    summary = run_store.get_run(job.meta["run"]).summary
+    summary = catalogue.get_run(job.meta["run"]).summary
     assert summary["cancelled"] and summary["n_prompts"] < 40
 
 
@@ -146,7 +148,7 @@ def test_bad_upload_is_a_clear_error(app):
     app.radio(key="flips_source").set_value("Type prompts").run()
     # The uploader itself cannot be driven by AppTest; the same parser is called on the bytes.
     from engine.errors import LabError
-    from engine.prompts import parse_prompts
+    from engine.method.prompts import parse_prompts
 
     with pytest.raises(LabError, match="not valid JSON"):
         parse_prompts(b"[{oops", "prompts.json")
@@ -195,7 +197,7 @@ def test_recovery_job_live_charts_results_and_reattach(lab_env):
     at.run()
     assert not problems(at)
     assert len(at.get("vega_lite_chart")) >= 2  # loss and drift
-    assert run_store.get_run("tiny-run").has_recovery
+    assert catalogue.get_run("tiny-run").has_recovery
 
 
 def test_recovery_reattach_after_reload_and_cancel(lab_env):
@@ -248,7 +250,7 @@ def test_sweep_and_presenter_replay(lab_env):
     assert job.status == "done", job.error
     at.run()
     assert not problems(at)
-    assert run_store.get_run("tiny-run").sweeps == ["sweep.json"]
+    assert catalogue.get_run("tiny-run").sweeps == ["sweep.json"]
     assert len(at.get("vega_lite_chart")) >= 3
     # Presenter mode: settings hidden, a replay of the saved run from its files.
     at.session_state["presenter"] = True
@@ -289,7 +291,7 @@ def test_attribution_views_on_recorded_shape(lab_env):
     assert not problems(at)
     from ui import attribution_views as av
 
-    recs = run_store.read_records("tiny-run", "attribution.jsonl")
+    recs = catalogue.read_records("tiny-run", "attribution.jsonl")
     agg = {r["component"]: r["restored"] for r in av.aggregate_rows(recs)}
     assert agg == {"full": 3, "clamped": 0, "non_clamped": 0, "topk": 0, "residual": 3, "knockout": 0}
     top = av.topk_rows(recs)
@@ -307,7 +309,7 @@ def test_runs_page_compare_export_delete(lab_env):
     at.selectbox(key="delete_run").set_value("run-b").run()
     at.checkbox(key="delete_sure").check().run()
     at.button(key="delete_go").click().run()
-    assert [r.name for r in run_store.list_runs()] == ["run-a"]
+    assert [r.name for r in catalogue.list_runs()] == ["run-a"]
     assert not at.exception
 
 

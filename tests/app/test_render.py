@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.judge import judge
+from engine.method.judge import judge
 from ui.render import highlighted
 
 

@@ -1,0 +1,152 @@
+"""Replaying each component of δ alone under the active clamp: generation, judge, base log-prob gain.
+
+Reads a run's ``recovery.jsonl``, ``recovery_config.json`` and ``deltas/``; writes ``attribution.jsonl`` (one
+record per recovered prompt) and ``attribution_summary.json`` (counts per component, mean log-prob gains with
+95 % intervals, and the paper's numbers beside ours).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from engine.attribution.components import COMPONENTS, component, top_features
+from engine.errors import LabError
+from engine.lm.models import LoadedModel
+from engine.method.clamp import ClampSpec
+from engine.method.generation import GenerationConfig, generate
+from engine.method.judge import JudgeConfig, base_likeness, judge
+from engine.recovery.optimize import DeltaObjective
+from engine.recovery.problem import build_problem
+from engine.recovery.replay import Perturbation, batch_from_perturbations, replay_hooks
+from engine.store.context import open_run
+from engine.store.files import JsonlWriter, existing_run, read_json, read_jsonl, write_json
+
+logger = logging.getLogger(__name__)
+
+PAPER = {"n": 24, "full": 23, "residual": 23, "non_clamped": 2, "topk": 1, "clamped": 0, "knockout": 21}
+"""Cui, Shen, Yang (2026), gemma-2-2b-it + Gemma Scope, AdvBench strict-valid flips: non-refusal counts."""
+
+
+def check_top_k(top_k: int) -> int:
+    """k of the top-k component: a count ≥ 0 (its upper bound, d_sae, is checked once the SAE is known)."""
+    if top_k < 0:
+        raise LabError(f"--top-k must be ≥ 0, got {top_k}")
+    return top_k
+
+
+def load_perturbation(run: Path, flip_id: int) -> Perturbation:
+    from safetensors.torch import load_file
+
+    path = run / "deltas" / f"{flip_id}.safetensors"
+    if not path.is_file():
+        raise LabError(f"{path} is missing; re-run `recover` for this run")
+    t = load_file(str(path))
+    return Perturbation(t["rows"], t.get("gen"))
+
+
+def attribute_batch(
+    lm: LoadedModel, specs: Sequence[ClampSpec], records: Sequence[dict], perts: Sequence[Perturbation], layer: int,
+    answer_tokens: int, top_k: int, max_new_tokens: int, judge_cfg: JudgeConfig, components: Sequence[str] = COMPONENTS,
+) -> list[dict]:
+    """Attribution records for one batch of recovered prompts."""
+    with torch.no_grad():
+        problem = build_problem(lm, specs, records, answer_tokens, layer)
+        objective = DeltaObjective(lm, specs, problem)
+        if not objective.same_layer:
+            raise LabError("attribution needs an SAE clamp at δ's layer (a cross-layer or soft-suffix run has none)")
+        sae = objective.same_layer[0].sae
+        clamped_feats = sorted({f for s in objective.same_layer if s.sae is sae for f in s.features})
+        if top_k > sae.d_sae:
+            raise LabError(f"--top-k {top_k} exceeds the SAE's d_sae={sae.d_sae}")
+        rows, gen = batch_from_perturbations(problem, list(perts))
+        delta = objective.perturbation(rows, gen)  # [batch, pos, d_model]
+        moved = problem.pooled & (delta.abs().sum(-1) > 0)
+        tops = [top_features(sae, clamped_feats, problem.h_def[b], delta[b], moved[b], top_k) for b in range(len(records))]
+        top_idx = [[t.index for t in tb] for tb in tops]
+        mask = problem.target_mask
+        lp_def = (objective.evaluate_full(torch.zeros_like(delta)).logp * mask).sum(1)
+        out = [{"id": int(r["id"]), "prompt": r["prompt"], "layer": layer, "top_k": top_k,
+                "top_features": [asdict(t) for t in tops[b]], "delta_norm": perts[b].norm(), "components": {}}
+               for b, r in enumerate(records)]
+        for name in components:
+            parts = torch.stack([component(name, sae, clamped_feats, top_idx[b], problem.h_def[b], delta[b]) for b in range(len(records))])
+            gain = (objective.evaluate_full(parts).logp * mask).sum(1) - lp_def
+            norms = (parts * problem.pooled[..., None]).flatten(1).norm(dim=1)
+
+            def transform(act, add, indices, name=name):
+                return torch.stack([component(name, sae, clamped_feats, top_idx[i], act[j], add[j]) for j, i in enumerate(indices)])
+
+            hooks = replay_hooks(layer, dict(enumerate(perts)), transform)
+            texts = list(generate(lm, [r["prompt"] for r in records], GenerationConfig(max_new_tokens=max_new_tokens, batch_size=len(records)),
+                                  specs=specs, extra_hooks=hooks))
+            for b, r in enumerate(records):
+                verdict = judge(texts[b].text, judge_cfg)
+                like = base_likeness(texts[b].text, r["base_text"], judge_cfg, verdict)
+                out[b]["components"][name] = {"non_refusal": like.non_refusal, "base_like": like.base_like,
+                                              "base_logprob_gain": float(gain[b]), "norm": float(norms[b]), "text": texts[b].text}
+    return out
+
+
+def summarize_attribution(records: Sequence[dict], components: Sequence[str] = COMPONENTS) -> dict:
+    n = len(records)
+    summary: dict = {"n": n, "components": {}, "paper": PAPER}
+    for name in components:
+        rows = [r["components"][name] for r in records if name in r["components"]]
+        gains = [c["base_logprob_gain"] for c in rows]
+        mean = sum(gains) / len(gains) if gains else 0.0
+        sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / (len(gains) - 1)) if len(gains) > 1 else 0.0
+        half = 1.96 * sd / math.sqrt(len(gains)) if gains else 0.0
+        summary["components"][name] = {
+            "non_refusal": sum(c["non_refusal"] for c in rows), "base_like": sum(c["base_like"] for c in rows),
+            "mean_base_logprob_gain": mean, "gain_ci95": [mean - half, mean + half],
+        }
+    return summary
+
+
+def attribute_records(
+    lm: LoadedModel, specs: Sequence[ClampSpec], run: Path, records: Sequence[dict], top_k: int, judge_cfg: JudgeConfig,
+    batch_size: int = 4, cancel: threading.Event | None = None, on_record: Callable[[dict], None] | None = None,
+) -> Iterator[dict]:
+    cfg = read_json(run / "recovery_config.json")
+    if cfg.get("method") == "soft-suffix":
+        raise LabError("a soft-suffix run has no residual δ to decompose; attribute a δ recovery run")
+    for start in range(0, len(records), batch_size):
+        if cancel is not None and cancel.is_set():
+            return
+        chunk = list(records[start : start + batch_size])
+        perts = [load_perturbation(run, int(r["id"])) for r in chunk]
+        for rec in attribute_batch(lm, specs, chunk, perts, int(cfg["delta_layer"]), int(cfg["answer_tokens"]), top_k,
+                                   int(cfg["max_new_tokens"]), judge_cfg):
+            if on_record is not None:
+                on_record(rec)
+            yield rec
+
+
+def run_attribution(run_dir: str | Path, top_k: int = 10, lm: LoadedModel | None = None, limit: int | None = None,
+                    cancel: threading.Event | None = None, on_record: Callable[[dict], None] | None = None) -> dict:
+    """Attribute every recovered prompt of a run and write the two attribution files."""
+    check_top_k(top_k)
+    run = existing_run(run_dir, "recovery.jsonl")
+    records = read_jsonl(run / "recovery.jsonl")
+    if not records:
+        raise LabError(f"{run / 'recovery.jsonl'} is empty; nothing to attribute")
+    if limit is not None:
+        records = records[:limit]
+    ctx = open_run(run, lm=lm)
+    done = []
+    with JsonlWriter(run / "attribution.jsonl") as fh:
+        for rec in attribute_records(ctx.lm, ctx.specs, run, records, top_k, ctx.judge, cancel=cancel, on_record=on_record):
+            fh.write(rec)
+            done.append(rec)
+            logger.info("attributed flip %d", rec["id"])
+    summary = summarize_attribution(done)
+    summary["top_k"] = top_k
+    write_json(run / "attribution_summary.json", summary)
+    return summary

@@ -1,0 +1,57 @@
+"""``flips``: base vs clamped generations and valid flips, written by the same writer the dashboard uses."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from engine.cli.args import finite_float, integer, positive_int
+from engine.errors import LabError
+
+logger = logging.getLogger(__name__)
+
+
+def add_command(sub) -> None:
+    f = sub.add_parser("flips", help="base vs clamped generations and valid flips")
+    f.add_argument("--prompts", required=True, help="builtin:harmless | builtin:harmful | FILE.json/.jsonl/.csv")
+    f.add_argument("--out", required=True, help="run directory to write")
+    f.add_argument("--model", default="default")
+    f.add_argument("--sae", default="default", help="default | default:HOOK | tiny | LOCAL_FOLDER | RELEASE/SAE_ID")
+    f.add_argument("--features", default="auto", help="auto (the SAE's preset) or i,j,k")
+    f.add_argument("--mode", default=None, help="set | multiply | zero (default: the preset's, else set)")
+    f.add_argument("--value", type=finite_float, default=None, help="clamp value (set) or factor (multiply)")
+    f.add_argument("--max-new-tokens", type=positive_int, default=64)
+    f.add_argument("--batch-size", type=positive_int, default=8)
+    f.add_argument("--limit", type=integer, default=None, help="use the first N prompts")
+    f.add_argument("--seed", type=integer, default=0)
+    f.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    f.add_argument("--judge", default=None, help="JSON file of judge lists/thresholds (engine.method.judge.JudgeConfig)")
+    f.set_defaults(handler=cmd_flips)
+
+
+def cmd_flips(args) -> dict:
+    from engine.lm.loading import load_model
+    from engine.lm.sae_sources import load_sae
+    from engine.method.flips import write_flips_run
+    from engine.method.generation import GenerationConfig
+    from engine.method.judge import JudgeConfig
+    from engine.method.presets import resolve_clamp
+    from engine.method.prompts import load_prompts
+    from engine.store.files import prepare_run_dir, read_json
+
+    # Cheap checks first, so bad input fails before the model loads.
+    prompts = load_prompts(args.prompts, args.limit)
+    run = prepare_run_dir(args.out)
+    judge_cfg = JudgeConfig.from_json(read_json(Path(args.judge))) if args.judge else JudgeConfig()
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+    lm = load_model(args.model, args.device)
+    sae = load_sae(args.sae, lm)
+    spec = resolve_clamp(sae, args.features, args.mode, args.value)
+    settings = {"model": args.model, "prompts": args.prompts, "limit": args.limit, "source": "cli"}
+
+    def log(row: dict) -> None:
+        logger.info("prompt %d/%d valid=%s", row["id"] + 1, len(prompts), row["valid"])
+
+    if not prompts:
+        raise LabError("no prompts to run")
+    return write_flips_run(lm, [spec], prompts, gen, judge_cfg, run, settings, on_record=log)

@@ -1,0 +1,79 @@
+"""``recover``, ``sweep`` and ``attribute``: the commands that continue a flips run.
+
+The recovery options are derived from :class:`~engine.recovery.config.RecoveryConfig` (defaults, choices and help
+from its field docstrings), so the CLI, the dashboard and the saved ``recovery_config.json`` share one definition.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from engine.cli.args import add_dataclass_options, dataclass_from_args, float_list, integer
+from engine.recovery.config import RecoveryConfig, StepEvent
+
+logger = logging.getLogger(__name__)
+
+
+def _run_options(p) -> None:
+    p.add_argument("--run", required=True, help="a run directory written by `flips`")
+    p.add_argument("--limit", type=integer, default=None, help="use only the first N records")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | mps (default: the run's)")
+
+
+def add_commands(sub) -> None:
+    r = sub.add_parser("recover", help="optimise δ under the clamp for each valid flip")
+    _run_options(r)
+    add_dataclass_options(r, RecoveryConfig)
+    r.set_defaults(handler=cmd_recover)
+    s = sub.add_parser("sweep", help="recovery at several budgets (0 = defended model)")
+    _run_options(s)
+    s.add_argument("--budgets", required=True, type=float_list, help="comma-separated budgets, e.g. 0,2,5,10,20")
+    add_dataclass_options(s, RecoveryConfig, skip=("budget",))
+    s.set_defaults(handler=cmd_sweep)
+    a = sub.add_parser("attribute", help="decompose each recovered δ and replay its parts under the clamp")
+    _run_options(a)
+    a.add_argument("--top-k", type=integer, default=10, help="number of top non-clamped features (0..d_sae)")
+    a.set_defaults(handler=cmd_attribute)
+
+
+def _open(args, needs: str):
+    """The run directory and its model, after the cheap checks (so bad input fails before anything loads)."""
+    from engine.lm.loading import load_model
+    from engine.recovery.driver import valid_flips
+    from engine.store.files import existing_run, read_json
+
+    run = existing_run(args.run, needs)
+    if needs == "flips.jsonl":
+        valid_flips(run, args.limit)
+    config = read_json(run / "config.json")
+    return run, load_model(config["model"], args.device or config.get("device", "auto"))
+
+
+def cmd_recover(args) -> dict:
+    from engine.recovery.driver import run_recovery
+
+    cfg = dataclass_from_args(RecoveryConfig, args)
+    run, lm = _open(args, "flips.jsonl")
+    return run_recovery(run, cfg, lm=lm, limit=args.limit, on_event=_log_event)
+
+
+def cmd_sweep(args) -> dict:
+    from engine.recovery.sweep import check_budgets, run_sweep
+
+    check_budgets(args.budgets)
+    cfg = dataclass_from_args(RecoveryConfig, args, budget=1.0)
+    run, lm = _open(args, "flips.jsonl")
+    return run_sweep(run, args.budgets, cfg, lm=lm, limit=args.limit, on_event=_log_event)
+
+
+def cmd_attribute(args) -> dict:
+    from engine.attribution.driver import check_top_k, run_attribution
+
+    check_top_k(args.top_k)
+    run, lm = _open(args, "recovery.jsonl")
+    return run_attribution(run, args.top_k, lm=lm, limit=args.limit)
+
+
+def _log_event(ev: StepEvent) -> None:
+    if ev.step % 10 == 0:
+        logger.info("step %d prompt %d loss %.3f drift %.4f |δ| %.1f", ev.step, ev.prompt_id, ev.loss, ev.drift, ev.delta_norm)

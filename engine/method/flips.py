@@ -1,0 +1,134 @@
+"""Valid flips: prompts the base model answers but the clamped model refuses.
+
+``valid = ¬refusal(base_text) ∧ refusal(clamped_text)``, judged on the whole texts (``engine.method.judge``).
+:func:`write_flips_run` is the one writer of a flips run directory: the CLI and the dashboard both call it, so
+either can continue a run the other started.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.errors import LabError
+from engine.lm.models import LoadedModel
+from engine.method.clamp import ClampSpec
+from engine.method.generation import GenerationConfig, generate
+from engine.method.judge import JudgeConfig, judge
+from engine.store.files import JsonlWriter, write_json
+
+
+@dataclass
+class FlipRecord:
+    """One prompt, answered with and without the clamp (DESIGN §5 ``flips.jsonl``)."""
+
+    id: int
+    prompt: str
+    base_text: str
+    clamped_text: str
+    base_refusal: bool
+    clamped_refusal: bool
+    valid: bool
+    clamped_degenerate: bool
+    base_reasons: list
+    clamped_reasons: list
+    base_stop_id: int | None = None
+    """Token that ended the base answer (None: cut at max_new_tokens); recovery targets it after the answer."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def run_flips(
+    lm: LoadedModel,
+    specs: Sequence[ClampSpec],
+    prompts: Sequence[str],
+    gen: GenerationConfig | None = None,
+    judge_cfg: JudgeConfig | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[FlipRecord]:
+    """Base and clamped answers, judged, streamed one prompt at a time (in batches of ``gen.batch_size``)."""
+    gen = gen or GenerationConfig()
+    judge_cfg = judge_cfg or JudgeConfig()
+    for start in range(0, len(prompts), gen.batch_size):
+        if cancel is not None and cancel.is_set():
+            return
+        chunk = list(prompts[start : start + gen.batch_size])
+        base = list(generate(lm, chunk, gen, cancel=cancel))
+        clamped = list(generate(lm, chunk, gen, specs=specs, cancel=cancel))
+        for b, c in zip(base, clamped):
+            vb, vc = judge(b.text, judge_cfg), judge(c.text, judge_cfg)
+            yield FlipRecord(
+                id=start + b.index,
+                prompt=chunk[b.index],
+                base_text=b.text,
+                clamped_text=c.text,
+                base_refusal=vb.refusal,
+                clamped_refusal=vc.refusal,
+                valid=(not vb.refusal) and vc.refusal,
+                clamped_degenerate=vc.degenerate,
+                base_reasons=vb.to_json()["reasons"],
+                clamped_reasons=vc.to_json()["reasons"],
+                base_stop_id=b.stop_id,
+            )
+
+
+def summarize_flips(records: Sequence[FlipRecord | dict], specs: Sequence[ClampSpec]) -> dict:
+    """Counts for ``summary.json``."""
+    rows = [r.to_json() if isinstance(r, FlipRecord) else r for r in records]
+    valid = [r for r in rows if r["valid"]]
+    first = specs[0] if specs else None
+    return {
+        "n_prompts": len(rows),
+        "n_valid": len(valid),
+        "n_base_refusal": sum(r["base_refusal"] for r in rows),
+        "n_clamped_refusal": sum(r["clamped_refusal"] for r in rows),
+        "n_valid_fluent": sum(not r["clamped_degenerate"] for r in valid),
+        "n_valid_degenerate": sum(r["clamped_degenerate"] for r in valid),
+        "features": first.features if first else [],
+        "mode": first.mode if first else None,
+        "value": first.values if first else None,
+        "clamps": [s.to_json() for s in specs],
+    }
+
+
+def write_flips_run(
+    lm: LoadedModel,
+    specs: Sequence[ClampSpec],
+    prompts: Sequence[str],
+    gen: GenerationConfig,
+    judge_cfg: JudgeConfig,
+    run_dir: Path,
+    settings: dict,
+    cancel: threading.Event | None = None,
+    on_record: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run base vs clamped on ``prompts`` into ``run_dir`` (``config.json``, ``flips.jsonl``, ``summary.json``).
+
+    ``settings`` adds to ``config.json`` (model load name, prompt source, limit, ``source``: cli or dashboard).
+    Returns the summary. A cancelled run keeps the records it finished and still gets a summary.
+    """
+    if not prompts:
+        raise LabError("no prompts to run")
+    config = {
+        "command": "flips", "model": settings.get("model", lm.name), "model_id": lm.name, "sae": specs[0].sae.source,
+        "device": str(lm.device), "seed": gen.seed, "max_new_tokens": gen.max_new_tokens, "batch_size": gen.batch_size,
+        "clamps": [s.to_json() for s in specs], "judge": judge_cfg.to_json(), "created": time.time(),
+        **{k: v for k, v in settings.items() if k not in ("model",)},
+    }
+    write_json(run_dir / "config.json", config)
+    records = []
+    with JsonlWriter(run_dir / "flips.jsonl") as out:
+        for rec in run_flips(lm, specs, prompts, gen, judge_cfg, cancel):
+            row = rec.to_json()
+            out.write(row)
+            records.append(row)
+            if on_record is not None:
+                on_record(row)
+    summary = summarize_flips(records, specs)
+    summary["cancelled"] = bool(cancel is not None and cancel.is_set() and len(records) < len(prompts))
+    write_json(run_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,137 @@
+"""Recovering the valid flips of a run directory: batches, generation with the kept δ, judging, files.
+
+Writes ``recovery.jsonl`` (DESIGN §5 keys and more), ``recovery_summary.json``, ``recovery_config.json`` and one
+``deltas/<id>.safetensors`` per prompt (``rows`` aligned to the prompt's tokens, optional ``gen``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from engine.errors import LabError
+from engine.lm.models import LoadedModel
+from engine.method.clamp import ClampSpec
+from engine.method.generation import GenerationConfig, generate
+from engine.method.judge import JudgeConfig
+from engine.recovery import metrics
+from engine.recovery.config import PromptResult, RecoveryConfig, StepEvent
+from engine.recovery.optimize import DeltaObjective, DeltaResult, optimize_delta
+from engine.recovery.problem import build_problem, default_delta_layer
+from engine.recovery.replay import Perturbation, perturbations_from_batch, replay_hooks
+from engine.store.context import open_run
+from engine.store.files import JsonlWriter, existing_run, read_jsonl, write_json
+
+logger = logging.getLogger(__name__)
+
+
+def valid_flips(run: Path, limit: int | None = None) -> list[dict]:
+    """The valid flips of a run (``valid`` as judged in ``flips.jsonl``), the first ``limit`` of them."""
+    rows = [r for r in read_jsonl(run / "flips.jsonl") if r.get("valid")]
+    if not rows:
+        raise LabError(f"run {run} has no valid flips to recover (flips.jsonl has none with valid=true)")
+    if limit is not None:
+        if limit < 1:
+            raise LabError(f"--limit must be a positive number of flips, got {limit}")
+        rows = rows[:limit]
+    return rows
+
+
+def recover_flips(
+    lm: LoadedModel,
+    specs: Sequence[ClampSpec],
+    flips: Sequence[dict],
+    cfg: RecoveryConfig,
+    judge_cfg: JudgeConfig | None = None,
+    on_event: Callable[[StepEvent], None] | None = None,
+    cancel: threading.Event | None = None,
+    zero_delta: bool = False,
+) -> Iterator[tuple[PromptResult, Perturbation]]:
+    """Recover each flip; yields results batch by batch. ``zero_delta``: skip optimisation (a budget of 0)."""
+    judge_cfg = judge_cfg or JudgeConfig()
+    if cfg.method == "soft-suffix":
+        from engine.recovery.soft_suffix import recover_with_suffix
+
+        yield from recover_with_suffix(lm, specs, flips, cfg, judge_cfg, on_event, cancel)
+        return
+    layer = cfg.delta_layer if cfg.delta_layer is not None else default_delta_layer(specs, cfg.projection)
+    for start in range(0, len(flips), cfg.batch_size):
+        if cancel is not None and cancel.is_set():
+            return
+        chunk = list(flips[start : start + cfg.batch_size])
+        with torch.enable_grad():  # worker threads start with the thread-local grad mode off in some callers
+            problem = build_problem(lm, specs, chunk, cfg.answer_tokens, layer)
+            objective = DeltaObjective(lm, specs, problem)
+            h_norms = problem.h_def.norm(dim=-1)  # [batch, pos]
+            median = torch.stack([h_norms[b][problem.pooled[b]].median() for b in range(len(chunk))])
+            budget = cfg.budget * median if cfg.budget_relative else torch.full_like(median, cfg.budget)
+            if zero_delta:
+                rows = torch.zeros_like(problem.h_def)
+                gen = None
+                res = DeltaResult(rows, gen, [0] * len(chunk), [True] * len(chunk), [[] for _ in chunk], [[] for _ in chunk], False)
+            else:
+                res = optimize_delta(objective, cfg, budget, on_event, cancel)
+            if res.cancelled:
+                return
+            with torch.no_grad():
+                ev_rec = objective.evaluate(res.rows, res.gen)
+                ev_def = objective.evaluate(torch.zeros_like(res.rows), None)
+                drift = metrics.drift(ev_rec.z, objective.z_def)
+                floor = metrics.floor_violation(ev_rec.z, objective.z_def)
+                pert = objective.perturbation(res.rows, res.gen)
+                pooled = problem.pooled[..., None]
+                rel = (pert * pooled).flatten(1).norm(dim=1) / (problem.h_def * pooled).flatten(1).norm(dim=1)
+                mask = problem.target_mask
+                lp_rec = (ev_rec.logp * mask).sum(1)
+                lp_def = (ev_def.logp * mask).sum(1)
+        perts = perturbations_from_batch(problem, res.rows, res.gen)
+        gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=len(chunk))
+        hooks = replay_hooks(layer, dict(enumerate(perts)))
+        texts = list(generate(lm, [f["prompt"] for f in chunk], gen_cfg, specs=specs, extra_hooks=hooks))
+        for b, f in enumerate(chunk):
+            result = PromptResult.judged(
+                f, texts[b].text, judge_cfg, drift=float(drift[b]), floor_violation=float(floor[b]), delta_rel_norm=float(rel[b]),
+                delta_norm=perts[b].norm(), budget_abs=float(budget[b]), best_step=res.best_step[b], base_logprob_def=float(lp_def[b]),
+                base_logprob_rec=float(lp_rec[b]), loss_history=res.loss_history[b], drift_history=res.drift_history[b],
+            )
+            yield result, perts[b]
+
+
+def run_recovery(
+    run_dir: str | Path,
+    cfg: RecoveryConfig,
+    lm: LoadedModel | None = None,
+    on_event: Callable[[StepEvent], None] | None = None,
+    cancel: threading.Event | None = None,
+    limit: int | None = None,
+    out_dir: str | Path | None = None,
+    zero_delta: bool = False,
+) -> dict:
+    """Recover the valid flips of ``run_dir`` and write the recovery files (into ``out_dir``, default the run)."""
+    from safetensors.torch import save_file
+
+    run = existing_run(run_dir, "flips.jsonl")
+    flips = valid_flips(run, limit)
+    ctx = open_run(run, lm=lm)
+    out = Path(out_dir) if out_dir else run
+    (out / "deltas").mkdir(parents=True, exist_ok=True)
+    layer = cfg.delta_layer if cfg.delta_layer is not None else default_delta_layer(ctx.specs, cfg.projection)
+    write_json(out / "recovery_config.json", {**cfg.to_json(), "delta_layer": layer, "zero_delta": zero_delta})
+    results = []
+    with JsonlWriter(out / "recovery.jsonl") as fh:
+        for result, pert in recover_flips(ctx.lm, ctx.specs, flips, cfg, ctx.judge, on_event, cancel, zero_delta):
+            fh.write(result.to_json())
+            tensors = {"rows": pert.rows.cpu().contiguous()}
+            if pert.gen is not None:
+                tensors["gen"] = pert.gen.cpu().contiguous()
+            save_file(tensors, str(out / "deltas" / f"{result.id}.safetensors"), metadata={"layer": str(layer)})
+            results.append(result.to_json())
+            logger.info("recovered flip %d: non_refusal=%s drift=%.4f", result.id, result.non_refusal, result.drift)
+    summary = metrics.summarize(results, {**cfg.to_json(), "delta_layer": layer})
+    summary["cancelled"] = bool(cancel is not None and cancel.is_set())
+    write_json(out / "recovery_summary.json", summary)
+    return summary

@@ -1,0 +1,1 @@
+"""Long-running and remote services: background jobs with cancel events, the Neuronpedia client."""

@@ -1,0 +1,217 @@
+"""The run store: every run directory under ``data_dir()/runs`` (DESIGN §5 layout).
+
+List, open, compare, delete and export runs; start a new flips run the same way the CLI writes one (so
+``python -m engine recover --run …`` continues a run made in the dashboard, and the other way round).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import LabError
+from engine.paths import data_dir
+from engine.store.files import read_json, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+RECORD_FILES = ("flips.jsonl", "recovery.jsonl", "attribution.jsonl")
+SUMMARY_FILES = ("summary.json", "recovery_summary.json", "attribution_summary.json")
+DELTA_SUFFIXES = (".safetensors", ".pt", ".npy", ".npz")
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+
+
+def runs_root() -> Path:
+    root = data_dir() / "runs"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@dataclass
+class RunInfo:
+    """What the store knows about one run directory."""
+
+    name: str
+    path: Path
+    created: float
+    config: dict = field(default_factory=dict)
+    summary: dict | None = None
+    recovery_summary: dict | None = None
+    attribution_summary: dict | None = None
+    sweeps: list[str] = field(default_factory=list)
+    """Names of sweep JSON files in the run."""
+    delta_files: list[str] = field(default_factory=list)
+
+    @property
+    def has_flips(self) -> bool:
+        return (self.path / "flips.jsonl").is_file()
+
+    @property
+    def has_recovery(self) -> bool:
+        return (self.path / "recovery.jsonl").is_file()
+
+    @property
+    def has_attribution(self) -> bool:
+        return (self.path / "attribution.jsonl").is_file()
+
+    def row(self) -> dict:
+        """One line of the runs table."""
+        s, r, a = self.summary or {}, self.recovery_summary or {}, self.attribution_summary or {}
+        clamp = (self.config.get("clamps") or [{}])[0]
+        return {
+            "run": self.name, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created)),
+            "model": self.config.get("model_id") or self.config.get("model"), "sae": self.config.get("sae"),
+            "features": len(clamp.get("features", [])), "mode": clamp.get("mode"), "seed": self.config.get("seed"),
+            "prompts": s.get("n_prompts"), "valid flips": s.get("n_valid"),
+            "non-refusal recovery": _rate(r.get("non_refusal_recovery"), r.get("n_valid")),
+            "mean drift": r.get("mean_drift"), "attribution": bool(a), "sweeps": len(self.sweeps),
+        }
+
+
+def _rate(value: object, n: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and isinstance(n, int) and n and value <= 1:
+        return f"{round(value * n)}/{n}"
+    return str(value)
+
+
+def _safe_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_OK.match(name) or ".." in name:
+        raise LabError(f"{name!r} is not a run name in the store")
+    return name
+
+
+def run_path(name: str) -> Path:
+    return runs_root() / _safe_name(name)
+
+
+def _maybe_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except LabError as exc:
+        logger.warning("skipping %s: %s", path, exc)
+        return None
+
+
+def get_run(name: str) -> RunInfo:
+    path = run_path(name)
+    if not path.is_dir():
+        raise LabError(f"there is no run {name!r} in {runs_root()}")
+    config = _maybe_json(path / "config.json") or {}
+    created = config.get("created") if isinstance(config.get("created"), (int, float)) else path.stat().st_mtime
+    return RunInfo(
+        name=name, path=path, created=float(created), config=config,
+        summary=_maybe_json(path / "summary.json"), recovery_summary=_maybe_json(path / "recovery_summary.json"),
+        attribution_summary=_maybe_json(path / "attribution_summary.json"),
+        sweeps=sorted(p.name for p in path.glob("sweep*.json")),
+        delta_files=sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.suffix in DELTA_SUFFIXES),
+    )
+
+
+def list_runs() -> list[RunInfo]:
+    """Every run directory with a ``config.json``, newest first."""
+    out = []
+    for path in runs_root().iterdir():
+        if path.is_dir() and (path / "config.json").is_file() and _NAME_OK.match(path.name):
+            out.append(get_run(path.name))
+    return sorted(out, key=lambda r: r.created, reverse=True)
+
+
+def read_records(name: str, file: str) -> list[dict]:
+    """The JSONL records ``file`` of a run (empty when the step has not run)."""
+    if file not in RECORD_FILES:
+        raise LabError(f"{file!r} is not a record file ({', '.join(RECORD_FILES)})")
+    path = run_path(name) / file
+    return read_jsonl(path) if path.is_file() else []
+
+
+def read_sweep(name: str, file: str) -> dict:
+    path = run_path(name) / Path(file).name
+    return read_json(path)
+
+
+def new_run_dir(label: str = "flips") -> Path:
+    """A fresh, empty directory ``YYYYmmdd-HHMMSS-label`` (suffixed when the second is taken)."""
+    label = re.sub(r"[^A-Za-z0-9_-]+", "-", label).strip("-")[:40] or "run"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    root = runs_root()
+    for n in range(1000):
+        path = root / (f"{stamp}-{label}" if n == 0 else f"{stamp}-{label}-{n}")
+        try:
+            path.mkdir(parents=False, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise LabError("could not create a new run directory")
+
+
+def delete_run(name: str) -> None:
+    """Remove a run directory and its hand labels."""
+    from engine.store import labels
+
+    path = run_path(name)
+    if not path.is_dir():
+        raise LabError(f"there is no run {name!r}")
+    shutil.rmtree(path)
+    labels.delete_run_labels(name)
+
+
+def _flatten(value: object) -> object:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+
+
+def compare_runs(a: str, b: str) -> list[dict]:
+    """Rows ``{field, a, b, same}`` over the settings and summaries of two runs."""
+    ra, rb = get_run(a), get_run(b)
+
+    def flat(info: RunInfo) -> dict:
+        out: dict = {}
+        cfg = {k: v for k, v in info.config.items() if k not in ("judge", "created")}
+        for prefix, data in (("config", cfg), ("flips", info.summary), ("recovery", info.recovery_summary), ("attribution", info.attribution_summary)):
+            for k, v in (data or {}).items():
+                out[f"{prefix}.{k}"] = _flatten(v)
+        out["config.judge"] = "custom" if info.config.get("judge") else "default"
+        return out
+
+    fa, fb = flat(ra), flat(rb)
+    keys = sorted(set(fa) | set(fb), key=lambda k: (k.split(".")[0] != "config", k))
+    return [{"field": k, "a": fa.get(k), "b": fb.get(k), "same": fa.get(k) == fb.get(k)} for k in keys]
+
+
+def export_zip(name: str) -> bytes:
+    """A zip of the run: every JSON/JSONL file, each JSONL also as CSV and parquet, δ files, hand labels CSV."""
+    import pandas as pd
+
+    from engine.store import labels
+
+    info = get_run(name)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(info.path.rglob("*")):
+            if not path.is_file() or path.name.endswith(".tmp"):
+                continue
+            rel = f"{name}/{path.relative_to(info.path)}"
+            if path.suffix in (".json", ".txt", ".csv") or path.suffix in DELTA_SUFFIXES:
+                zf.write(path, rel)
+            elif path.suffix == ".jsonl":
+                zf.write(path, rel)
+                rows = read_jsonl(path)
+                if rows:
+                    frame = pd.DataFrame([{k: _flatten(v) for k, v in r.items()} for r in rows])
+                    zf.writestr(rel[: -len(".jsonl")] + ".csv", frame.to_csv(index=False))
+                    pq = io.BytesIO()
+                    frame.to_parquet(pq, index=False)
+                    zf.writestr(rel[: -len(".jsonl")] + ".parquet", pq.getvalue())
+        if info.has_flips:
+            zf.writestr(f"{name}/labels.csv", labels.export_csv(name, read_jsonl(info.path / "flips.jsonl")))
+    return buf.getvalue()
