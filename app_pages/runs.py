@@ -17,7 +17,7 @@ if not runs:
     st.info("No runs yet: make one on the Flips page (or with `python -m engine flips --out data/runs/NAME`).")
     st.stop()
 
-st.dataframe(pd.DataFrame([r.row() for r in runs]), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame([run_views.run_row(r) for r in runs]), hide_index=True, width="stretch")
 names = [r.name for r in runs]
 tab_open, tab_compare, tab_export, tab_delete = st.tabs(["Open", "Compare two", "Export", "Delete"])
 

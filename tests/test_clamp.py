@@ -83,6 +83,29 @@ def test_no_hook_remains_after_exit_or_exception(tiny_lm, tiny_jumprelu):
     assert n_hooks() == 0
 
 
+def test_outer_hooks_survive_a_nested_clamped(tiny_lm, tiny_jumprelu):
+    """clamped() removes exactly the hooks it added: an outer clamped() and a user's own model.hooks() keep theirs."""
+    spec = ClampSpec(tiny_jumprelu, [0], "set", [10.0])
+    seen: list[str] = []
+
+    def user_hook(act, hook):
+        seen.append(hook.name)
+
+    def n_hooks():
+        return sum(len(hp.fwd_hooks) for hp in tiny_lm.model.hook_dict.values())
+
+    tokens = torch.tensor([[1, 70, 71, 72]])
+    with tiny_lm.model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", user_hook)]):
+        with clamped(tiny_lm, [spec]):
+            with clamped(tiny_lm, [spec]):
+                assert n_hooks() == 3
+            assert n_hooks() == 2  # the outer clamp and the user's hook are still attached
+            with torch.no_grad():
+                tiny_lm.model(tokens)
+        assert n_hooks() == 1 and seen == ["blocks.0.hook_resid_post"]
+    assert n_hooks() == 0
+
+
 def test_several_saes_at_once(tiny_lm, tiny_jumprelu):
     from engine.lm.saes import LoadedSAE
     from engine.lm.tiny import tiny_sae

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from engine.errors import LabError
 from engine.store import catalogue
 from ui import charts
 from ui import recovery_views as rv
+
+
+def run_row(info) -> dict:
+    """One line of the runs table, read from the run's config and summaries."""
+    s, r = info.summary or {}, info.recovery_summary or {}
+    clamps = info.config.get("clamps") or []
+    nr = (r.get("ci") or {}).get("non_refusal")
+    return {
+        "run": info.name, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created)),
+        "model": info.config.get("model_id") or info.config.get("model"), "sae": info.config.get("sae"),
+        "features": sum(len(c.get("features", [])) for c in clamps), "mode": ", ".join(sorted({str(c.get("mode")) for c in clamps})),
+        "seed": info.config.get("seed"), "prompts": s.get("n_prompts"), "valid flips": s.get("n_valid"),
+        "non-refusal recovery": f"{nr['k']}/{nr['n']}" if nr else None, "mean drift": r.get("mean_drift"),
+        "attribution": bool(info.attribution_summary), "sweeps": len(info.sweeps),
+    }
 
 
 def run_charts(info) -> list[tuple[str, object]]:

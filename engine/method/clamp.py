@@ -115,15 +115,11 @@ def clamp_hooks(specs: Sequence[ClampSpec]) -> list[Hook]:
 
 @contextmanager
 def clamped(lm: LoadedModel, specs: Sequence[ClampSpec], extra_hooks: Sequence[Hook] = ()) -> Iterator[LoadedModel]:
-    """Hold ``lm``'s lock with the clamps (then ``extra_hooks``, in order) attached; always detach on exit.
+    """Hold ``lm``'s lock with the clamps (then ``extra_hooks``, in order) attached; detach exactly those on exit.
 
     Hooks at the same hook point run in the order given, so an ``extra_hook`` that adds δ there sees h_def.
+    TransformerLens' ``hooks()`` context tags our hooks with a fresh context level and removes only that level, so an
+    outer ``clamped()`` (the lock is re-entrant) or a caller's own ``model.hooks()`` keeps its hooks.
     """
-    with lm.lock:
-        hooks = [*clamp_hooks(specs), *extra_hooks]
-        try:
-            for name, fn in hooks:
-                lm.model.add_hook(name, fn)
-            yield lm
-        finally:
-            lm.model.reset_hooks(including_permanent=False)
+    with lm.lock, lm.model.hooks(fwd_hooks=[*clamp_hooks(specs), *extra_hooks]):
+        yield lm

@@ -22,7 +22,7 @@ from engine.lm.models import LoadedModel
 from engine.method.clamp import ClampSpec, clamped
 from engine.recovery import metrics
 from engine.recovery.config import RecoveryConfig, StepEvent
-from engine.recovery.problem import Problem, delta_hook, run_suffix, split_specs
+from engine.recovery.problem import Problem, delta_hook, run_upper_blocks, split_specs
 from engine.recovery.projection import EncoderProjector, clip_budget, orthonormal_basis, remove_span
 
 
@@ -85,7 +85,7 @@ class DeltaObjective:
 
         probes = [(s.hook_name, capture(s)) for s in self.suffix_specs]
         with clamped(self.lm, self.suffix_specs, probes):
-            logp = run_suffix(self.lm, p, resid)
+            logp = run_upper_blocks(self.lm, p, resid)
         z = torch.cat(zs + captured, dim=-1) if zs or captured else resid.new_zeros((*resid.shape[:2], 0))
         return Evaluation(logp, z * p.pooled[..., None])
 

@@ -115,7 +115,7 @@ def split_specs(specs: Sequence[ClampSpec], delta_layer: int) -> tuple[list[Clam
     return prefix, [s for s in specs if s not in prefix]
 
 
-def run_suffix(lm: LoadedModel, problem: Problem, resid: torch.Tensor) -> torch.Tensor:
+def run_upper_blocks(lm: LoadedModel, problem: Problem, resid: torch.Tensor) -> torch.Tensor:
     """Blocks δ_layer+1..L−1 on ``resid``, then log-probs at the answer-predicting positions only.
 
     Returns ``[batch, pos]`` log-probabilities of the targets (0 where there is no target). Hooks attached by the

@@ -61,27 +61,6 @@ class RunInfo:
     def has_attribution(self) -> bool:
         return (self.path / "attribution.jsonl").is_file()
 
-    def row(self) -> dict:
-        """One line of the runs table."""
-        s, r, a = self.summary or {}, self.recovery_summary or {}, self.attribution_summary or {}
-        clamp = (self.config.get("clamps") or [{}])[0]
-        return {
-            "run": self.name, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created)),
-            "model": self.config.get("model_id") or self.config.get("model"), "sae": self.config.get("sae"),
-            "features": len(clamp.get("features", [])), "mode": clamp.get("mode"), "seed": self.config.get("seed"),
-            "prompts": s.get("n_prompts"), "valid flips": s.get("n_valid"),
-            "non-refusal recovery": _rate(r.get("non_refusal_recovery"), r.get("n_valid")),
-            "mean drift": r.get("mean_drift"), "attribution": bool(a), "sweeps": len(self.sweeps),
-        }
-
-
-def _rate(value: object, n: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and isinstance(n, int) and n and value <= 1:
-        return f"{round(value * n)}/{n}"
-    return str(value)
-
 
 def _safe_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME_OK.match(name) or ".." in name:
