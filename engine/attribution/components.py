@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
 
 from engine.lm.saes import LoadedSAE
 
@@ -37,12 +39,13 @@ class TopFeature:
     neuronpedia_url: str | None
 
 
-def decoded_part(sae: LoadedSAE, z_def: torch.Tensor, dz: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def decoded_part(sae: LoadedSAE, z_def: Float[Tensor, "... d_sae"], dz: Float[Tensor, "... d_sae"], mask: Float[Tensor, " d_sae"]) -> Float[Tensor, "... d_model"]:
     """D(z_def + δz ⊙ mask) − D(z_def); ``mask`` is ``[d_sae]`` (0/1)."""
     return sae.decode(z_def + dz * mask) - sae.decode(z_def)
 
 
-def component(name: str, sae: LoadedSAE, clamped: list[int], topk: list[int], h_def: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def component(name: str, sae: LoadedSAE, clamped: list[int], topk: list[int], h_def: Float[Tensor, "... d_model"],
+              delta: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
     """The named component of ``delta`` (``[..., d_model]``) at residual ``h_def`` (see module docstring)."""
     if name == "full":
         return delta
@@ -70,7 +73,8 @@ def component(name: str, sae: LoadedSAE, clamped: list[int], topk: list[int], h_
     raise ValueError(f"unknown component {name!r}")
 
 
-def top_features(sae: LoadedSAE, clamped: list[int], h_def: torch.Tensor, delta: torch.Tensor, pooled: torch.Tensor, k: int) -> list[TopFeature]:
+def top_features(sae: LoadedSAE, clamped: list[int], h_def: Float[Tensor, "pos d_model"], delta: Float[Tensor, "pos d_model"],
+                 pooled: Bool[Tensor, " pos"], k: int) -> list[TopFeature]:
     """The k non-clamped features with the largest ‖δz_j‖ over the ``pooled`` positions (``[pos]`` bool)."""
     if k == 0:
         return []

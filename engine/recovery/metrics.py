@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import math
 
-import torch
+from jaxtyping import Float
+from torch import Tensor
 
 EPS = 1e-8
 
 
-def drift(z_rec: torch.Tensor, z_def: torch.Tensor) -> torch.Tensor:
+def drift(z_rec: Float[Tensor, "batch rows n"], z_def: Float[Tensor, "batch rows n"]) -> Float[Tensor, " batch"]:
     """Per-prompt drift; inputs ``[batch, rows, |S|]`` with padded rows zero in both."""
     num = (z_rec - z_def).flatten(1).norm(dim=1)
     return num / (z_def.flatten(1).norm(dim=1) + EPS)
 
 
-def floor_violation(z_rec: torch.Tensor, z_def: torch.Tensor) -> torch.Tensor:
+def floor_violation(z_rec: Float[Tensor, "batch rows n"], z_def: Float[Tensor, "batch rows n"]) -> Float[Tensor, " batch"]:
     """Per-prompt share of the defended activation that recovery pushed below its defended value."""
     num = (z_def - z_rec).clamp_min(0).flatten(1).norm(dim=1)
     return num / (z_def.flatten(1).norm(dim=1) + EPS)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from engine.lm.models import LoadedModel
 from engine.method.clamp import ClampSpec, clamped
@@ -30,16 +32,18 @@ from engine.recovery.projection import EncoderProjector, clip_budget, orthonorma
 class Evaluation:
     """One forward at a given δ."""
 
-    logp: torch.Tensor  # [batch, pos] log-probs of the targets
-    z: torch.Tensor  # [batch, pos, Σ|S|] defended features at pooled positions (0 elsewhere)
+    logp: Float[Tensor, "batch pos"]
+    """Log-probs of the targets (0 where there is none)."""
+    z: Float[Tensor, "batch pos n_defended"]
+    """Defended features at the pooled positions (0 elsewhere)."""
 
 
 @dataclass
 class DeltaResult:
     """The kept δ of each prompt and its history."""
 
-    rows: torch.Tensor  # [batch, pos, d_model]
-    gen: torch.Tensor | None  # [batch, d_model]
+    rows: Float[Tensor, "batch pos d_model"]
+    gen: Float[Tensor, "batch d_model"] | None
     best_step: list[int]
     within_threshold: list[bool]
     loss_history: list[list[float]]
@@ -60,7 +64,7 @@ class DeltaObjective:
         with torch.no_grad():
             self.z_def = self.evaluate(torch.zeros_like(problem.h_def), None).z
 
-    def perturbation(self, rows: torch.Tensor, gen: torch.Tensor | None) -> torch.Tensor:
+    def perturbation(self, rows: Float[Tensor, "batch pos d_model"], gen: Float[Tensor, "batch d_model"] | None) -> Float[Tensor, "batch pos d_model"]:
         p = self.problem
         full = rows * p.prompt_rows[..., None]
         if gen is not None:
@@ -70,7 +74,7 @@ class DeltaObjective:
     def evaluate(self, rows: torch.Tensor, gen: torch.Tensor | None) -> Evaluation:
         return self.evaluate_full(self.perturbation(rows, gen))
 
-    def evaluate_full(self, pert: torch.Tensor) -> Evaluation:
+    def evaluate_full(self, pert: Float[Tensor, "batch pos d_model"]) -> Evaluation:
         """Forward at an arbitrary full perturbation ``[batch, pos, d_model]`` added to h_def."""
         p = self.problem
         resid = p.h_def + pert
@@ -89,7 +93,7 @@ class DeltaObjective:
         z = torch.cat(zs + captured, dim=-1) if zs or captured else resid.new_zeros((*resid.shape[:2], 0))
         return Evaluation(logp, z * p.pooled[..., None])
 
-    def losses(self, ev: Evaluation, stage: str, answer_weight: float) -> torch.Tensor:
+    def losses(self, ev: Evaluation, stage: str, answer_weight: float) -> Float[Tensor, " batch"]:
         """Per-prompt loss ``[batch]``."""
         p = self.problem
         if stage == "boundary":
@@ -102,7 +106,7 @@ class DeltaObjective:
 def optimize_delta(
     objective: DeltaObjective,
     cfg: RecoveryConfig,
-    budget: torch.Tensor,
+    budget: Float[Tensor, " batch"],
     on_event: Callable[[StepEvent], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> DeltaResult:

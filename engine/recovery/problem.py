@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
 
 from engine.errors import LabError
 from engine.lm.models import LoadedModel
@@ -27,19 +29,25 @@ class Problem:
 
     ids: list[int]
     """Flip ids of the rows."""
-    tokens: torch.Tensor  # [batch, pos]
-    attention_mask: torch.Tensor  # [batch, pos]
-    prompt_rows: torch.Tensor  # [batch, pos] positions δ may perturb (prompt, sink excluded)
-    answer_rows: torch.Tensor  # [batch, pos] answer positions (the shared generation row acts here)
-    pooled: torch.Tensor  # [batch, pos] positions pooled by the metrics (all real tokens but the sink)
-    targets: torch.Tensor  # [batch, pos] next-token targets, -100 where none
-    first_target: torch.Tensor  # [batch] position predicting the answer's first token
+    tokens: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    prompt_rows: Bool[Tensor, "batch pos"]
+    """Positions δ may perturb (the prompt, sink excluded)."""
+    answer_rows: Bool[Tensor, "batch pos"]
+    """Answer positions (the shared generation row acts here)."""
+    pooled: Bool[Tensor, "batch pos"]
+    """Positions pooled by the metrics (all real tokens but the sink)."""
+    targets: Int[Tensor, "batch pos"]
+    """Next-token targets, -100 where none."""
+    first_target: Int[Tensor, " batch"]
+    """The position predicting the answer's first token."""
     prompt_lens: list[int]
-    h_def: torch.Tensor  # [batch, pos, d_model] defended resid_post at the δ layer
+    h_def: Float[Tensor, "batch pos d_model"]
+    """Defended resid_post at the δ layer."""
     delta_layer: int
 
     @property
-    def target_mask(self) -> torch.Tensor:
+    def target_mask(self) -> Bool[Tensor, "batch pos"]:
         return self.targets >= 0
 
 
@@ -115,7 +123,7 @@ def split_specs(specs: Sequence[ClampSpec], delta_layer: int) -> tuple[list[Clam
     return prefix, [s for s in specs if s not in prefix]
 
 
-def run_upper_blocks(lm: LoadedModel, problem: Problem, resid: torch.Tensor) -> torch.Tensor:
+def run_upper_blocks(lm: LoadedModel, problem: Problem, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos"]:
     """Blocks δ_layer+1..L−1 on ``resid``, then log-probs at the answer-predicting positions only.
 
     Returns ``[batch, pos]`` log-probabilities of the targets (0 where there is no target). Hooks attached by the

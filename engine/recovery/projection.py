@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
 
 from engine.method.clamp import ClampSpec
 
@@ -35,12 +37,13 @@ class EncoderProjector:
         keep = r.diagonal().abs() > 1e-6 * r.diagonal().abs().max()  # drop dependent columns
         self.q = q[:, keep]  # [d, rank]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         """Project the last dimension of ``x`` onto the null space of Aᵀ."""
         return x - (x @ self.q) @ self.q.T
 
 
-def clip_budget(rows: torch.Tensor, gen: torch.Tensor | None, row_mask: torch.Tensor, budget: torch.Tensor, kind: str) -> None:
+def clip_budget(rows: Float[Tensor, "batch pos d_model"], gen: Float[Tensor, "batch d_model"] | None, row_mask: Bool[Tensor, "batch pos"],
+                budget: Float[Tensor, " batch"], kind: str) -> None:
     """Rescale δ in place so that its norm respects ``budget`` (``[batch]``, absolute)."""
     with torch.no_grad():
         rows.mul_(row_mask[..., None])
@@ -59,7 +62,7 @@ def clip_budget(rows: torch.Tensor, gen: torch.Tensor | None, row_mask: torch.Te
                 gen.mul_(scale[:, None])
 
 
-def orthonormal_basis(vectors: torch.Tensor) -> torch.Tensor:
+def orthonormal_basis(vectors: Float[Tensor, "batch k dim"]) -> Float[Tensor, "batch dim k"]:
     """Per-batch orthonormal basis of the span of ``vectors`` (``[batch, k, dim]`` → ``[batch, dim, r]``)."""
     q, r = torch.linalg.qr(vectors.transpose(1, 2))  # [batch, dim, k]
     diag = r.diagonal(dim1=1, dim2=2).abs()  # [batch, k]
@@ -67,7 +70,7 @@ def orthonormal_basis(vectors: torch.Tensor) -> torch.Tensor:
     return q * keep[:, None, :]
 
 
-def remove_span(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+def remove_span(x: Float[Tensor, "batch dim"], basis: Float[Tensor, "batch dim k"]) -> Float[Tensor, "batch dim"]:
     """``x − Q Qᵀ x`` per batch row; ``x`` is ``[batch, dim]``, ``basis`` ``[batch, dim, r]``."""
     coeff = torch.einsum("bd,bdr->br", x, basis)
     return x - torch.einsum("br,bdr->bd", coeff, basis)

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from engine.lm.models import Batch
 from engine.method.generation import HookFactory
@@ -20,8 +22,8 @@ from engine.recovery.problem import Problem, delta_hook
 class Perturbation:
     """δ of one prompt: ``rows`` ``[prompt_len, d_model]`` and an optional shared answer row ``gen`` ``[d_model]``."""
 
-    rows: torch.Tensor
-    gen: torch.Tensor | None = None
+    rows: Float[Tensor, "prompt_len d_model"]
+    gen: Float[Tensor, " d_model"] | None = None
 
     def norm(self) -> float:
         total = self.rows.pow(2).sum()
