@@ -111,7 +111,7 @@ def test_training_prompts_are_ours_and_disjoint_from_builtin_test_sets():
 
 
 def _projector(A: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """P = I − A (AᵀA + εI)⁻¹ Aᵀ (DESIGN §2), in float64. The ridge ε leaves Aᵀδ ≈ ε(AᵀA)⁻¹Aᵀδ̃, so pre-activations
+    """P = I − A (AᵀA + εI)⁻¹ Aᵀ (docs/METHOD.md), in float64. The ridge ε leaves Aᵀδ ≈ ε(AᵀA)⁻¹Aᵀδ̃, so pre-activations
     move by O(ε/λ_min(AᵀA)); a tiny ε makes that vanish, and then any remaining drift would be the activation's."""
     A = A.double()
     return torch.eye(A.shape[0], dtype=A.dtype) - A @ torch.linalg.solve(A.T @ A + eps * torch.eye(A.shape[1], dtype=A.dtype), A.T)

@@ -1,4 +1,4 @@
-"""Page pieces for Recovery: the settings form, live charts, results, the budget sweep, presenter replay."""
+"""Page pieces for Recovery: the settings form, live charts, results and the budget sweep (presenter replay: ``ui.replay``)."""
 
 from __future__ import annotations
 

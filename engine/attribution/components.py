@@ -1,4 +1,4 @@
-r"""Decomposing δ through the SAE at δ's hook (DESIGN §2, Attribution).
+r"""Decomposing δ through the SAE at δ's hook (docs/METHOD.md, Attribution).
 
 With z_def = E(h_def), z_rec = E(h_def + δ) and δz = z_rec − z_def, and writing D̃(v) = D(z_def + v) − D(z_def)
 (the decoder's linear part, so bias and any output scaling cancel):

@@ -23,7 +23,7 @@ from engine.store.files import JsonlWriter, write_json
 
 @dataclass
 class FlipRecord:
-    """One prompt, answered with and without the clamp (DESIGN §5 ``flips.jsonl``)."""
+    """One prompt, answered with and without the clamp (``flips.jsonl``, docs/CLI.md)."""
 
     id: int
     prompt: str

@@ -120,7 +120,7 @@ class StepEvent:
 
 @dataclass
 class PromptResult:
-    """Recovery of one valid flip (DESIGN §5 ``recovery.jsonl``)."""
+    """Recovery of one valid flip (``recovery.jsonl``, docs/CLI.md)."""
 
     id: int
     prompt: str

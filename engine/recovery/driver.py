@@ -1,6 +1,6 @@
 """Recovering the valid flips of a run directory: batches, generation with the kept δ, judging, files.
 
-Writes ``recovery.jsonl`` (DESIGN §5 keys and more), ``recovery_summary.json``, ``recovery_config.json`` and one
+Writes ``recovery.jsonl`` (docs/CLI.md), ``recovery_summary.json``, ``recovery_config.json`` and one
 ``deltas/<id>.safetensors`` per prompt (``rows`` aligned to the prompt's tokens, optional ``gen``).
 """
 

@@ -1,4 +1,4 @@
-r"""Recovery metrics (DESIGN §2).
+r"""Recovery metrics (docs/METHOD.md).
 
 With Z the defended features' activations stacked over the pooled positions (rows) and the clamped
 features S (columns), at every clamp layer at or above δ's layer:

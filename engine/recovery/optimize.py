@@ -1,4 +1,4 @@
-r"""Optimising δ under the active clamp (DESIGN §2).
+r"""Optimising δ under the active clamp (docs/METHOD.md).
 
     h_rec = h_def + δ,   δ = rows (one per prompt position, sink excluded) [+ one shared row at answer positions]
 

@@ -1,4 +1,4 @@
-"""The chat corpus the default SAEs are trained on (DESIGN §3: an SAE trained on plain text has no refusal feature).
+"""The chat corpus the default SAEs are trained on (an SAE trained on plain text has no refusal feature: docs/DEFAULT_SAE.md).
 
 Conversations are built from our own prompt lists (``train_prompts``):
 

@@ -1,4 +1,4 @@
-"""Activation collection and TopK training of the default SAEs (DESIGN §3), served as JumpReLU (``serve.py``).
+"""Activation collection and TopK training of the default SAEs (docs/DEFAULT_SAE.md), served as JumpReLU (``serve.py``).
 
 * :func:`collect` runs the chat corpus through the model once, up to the deepest requested hook, and keeps one
   activation per *distinct* token prefix (the shared system prompt would otherwise be seen thousands of times),

@@ -4,7 +4,7 @@ A :class:`Job` is a worker thread plus a cancel event, a thread-safe event log, 
 error message. Jobs live in a process-wide registry, so a page that was left (page switch, browser reload, a
 second tab) can find a running job again by its id, or by its kind and metadata (``find_jobs``).
 
-Rules the worker obeys (see DESIGN §4):
+Rules the worker obeys (see docs/ARCHITECTURE.md):
 
 * it never touches the UI — it only appends events (``job.log``) and sets its result;
 * it turns grad mode on itself (grad mode is per thread);

@@ -1,7 +1,7 @@
-"""The run store: every run directory under ``data_dir()/runs`` (DESIGN §5 layout).
+"""The run store: every run directory under ``data_dir()/runs`` (layout: docs/CLI.md).
 
-List, open, compare, delete and export runs; start a new flips run the same way the CLI writes one (so
-``python -m engine recover --run …`` continues a run made in the dashboard, and the other way round).
+List, open, compare, delete and export runs, and make a fresh run directory. The flips writer itself is
+``engine.method.flips.write_flips_run``, shared by the CLI and the dashboard.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Run directories: ``config.json``, JSONL records and summaries (DESIGN §5)."""
+"""Run directories: ``config.json``, JSONL records and summaries (docs/CLI.md)."""
 
 from __future__ import annotations
 
