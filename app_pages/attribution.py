@@ -17,12 +17,9 @@ st.caption(
     "Decoder directions are not orthogonal, so the parts' norms are not shares: the replay is the evidence."
 )
 
-name = state.run_picker("Run (with recovery results)", key="attr_run", need="recovery.jsonl")
-if name is None:
-    st.info("No run has recovery results yet: run Recovery first.")
-    st.page_link("app_pages/recovery.py", label="4 · Recovery →")
-    st.stop()
-info = catalogue.get_run(name)
+info = state.require_run("Run (with recovery results)", "attr_run", "recovery.jsonl",
+                         "No run has recovery results yet: run Recovery first.", "app_pages/recovery.py", "4 · Recovery →")
+name = info.name
 
 job = state.attach_job("attribution_job", "attribution", run=name)
 if not state.presenter():

@@ -17,12 +17,9 @@ st.caption(
     "cannot come from simply turning the clamped features back down."
 )
 
-name = state.run_picker("Run (its valid flips are recovered)", key="rec_run", need="flips.jsonl")
-if name is None:
-    st.info("No flips runs yet: make one on the Flips page first.")
-    st.page_link("app_pages/flips.py", label="3 · Flips and labels →")
-    st.stop()
-info = catalogue.get_run(name)
+info = state.require_run("Run (its valid flips are recovered)", "rec_run", "flips.jsonl",
+                         "No flips runs yet: make one on the Flips page first.", "app_pages/flips.py", "3 · Flips and labels →")
+name = info.name
 if state.presenter():  # replay from files only: no model, no network
     from ui import replay
 

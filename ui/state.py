@@ -230,6 +230,18 @@ def run_picker(label: str, key: str, need: str = "flips.jsonl", help: str | None
     return choice
 
 
+def require_run(label: str, key: str, need: str, missing: str, page: str, page_label: str):
+    """The chosen run's ``RunInfo``; without any run that has ``need``, say ``missing``, link ``page`` and stop."""
+    from engine.store import catalogue
+
+    name = run_picker(label, key=key, need=need)
+    if name is None:
+        st.info(missing)
+        st.page_link(page, label=page_label)
+        st.stop()
+    return catalogue.get_run(name)
+
+
 # ------------------------------------------------------------------------------------------------ jobs
 
 
