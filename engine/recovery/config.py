@@ -62,8 +62,6 @@ class RecoveryConfig:
     """Length of the recovered generation."""
     seed: int = 0
     """Seed of δ's initialisation and of the Jacobian probes."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Compute dtype on GPU (CPU always float32)."""
     extra: dict = field(default_factory=dict)
     """Free-form notes saved with the run (not a command-line option)."""
 
