@@ -16,8 +16,10 @@ def add_command(sub) -> None:
     f.add_argument("--prompts", required=True, help="builtin:harmless | builtin:harmful | FILE.json/.jsonl/.csv")
     f.add_argument("--out", required=True, help="run directory to write")
     f.add_argument("--model", default="default")
-    f.add_argument("--sae", default="default", help="default | default:HOOK | tiny | LOCAL_FOLDER | RELEASE/SAE_ID")
-    f.add_argument("--features", default="auto", help="auto (the SAE's preset) or i,j,k")
+    f.add_argument("--clamp", default=None, help="a clamp set across SAEs: FILE.json (rows {sae, features, mode, values}) or "
+                   "preset:NAME (e.g. preset:default-multi); replaces --sae/--features/--mode/--value")
+    f.add_argument("--sae", default=None, help="default | default:HOOK | tiny | LOCAL_FOLDER | RELEASE/SAE_ID (default: default)")
+    f.add_argument("--features", default=None, help="auto (the SAE's preset) or i,j,k (default: auto)")
     f.add_argument("--mode", default=None, help="set | multiply | zero (default: the preset's, else set)")
     f.add_argument("--value", type=finite_float, default=None, help="clamp value (set) or factor (multiply)")
     f.add_argument("--max-new-tokens", type=positive_int, default=64)
@@ -32,6 +34,7 @@ def add_command(sub) -> None:
 def cmd_flips(args) -> dict:
     from engine.lm.loading import load_model
     from engine.lm.sae_sources import load_sae
+    from engine.method.clamp_sets import load_clamp_set, read_clamp_file
     from engine.method.flips import write_flips_run
     from engine.method.generation import GenerationConfig
     from engine.method.judge import JudgeConfig
@@ -44,14 +47,25 @@ def cmd_flips(args) -> dict:
     run = prepare_run_dir(args.out)
     judge_cfg = JudgeConfig.from_json(read_json(Path(args.judge))) if args.judge else JudgeConfig()
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+    rows = None
+    if args.clamp is not None:
+        single = [flag for flag, value in (("--sae", args.sae), ("--features", args.features), ("--mode", args.mode),
+                                           ("--value", args.value)) if value is not None]
+        if single:
+            raise LabError(f"--clamp gives the whole clamp set; drop {', '.join(single)}")
+        rows, _ = read_clamp_file(args.clamp)
     lm = load_model(args.model, args.device)
-    sae = load_sae(args.sae, lm)
-    spec = resolve_clamp(sae, args.features, args.mode, args.value)
+    if rows is not None:
+        specs = load_clamp_set(lm, rows)
+    else:
+        specs = [resolve_clamp(load_sae(args.sae or "default", lm), args.features or "auto", args.mode, args.value)]
     settings = {"model": args.model, "prompts": args.prompts, "limit": args.limit, "source": "cli"}
+    if args.clamp is not None:
+        settings["clamp_file"] = args.clamp
 
     def log(row: dict) -> None:
         logger.info("prompt %d/%d valid=%s", row["id"] + 1, len(prompts), row["valid"])
 
     if not prompts:
         raise LabError("no prompts to run")
-    return write_flips_run(lm, [spec], prompts, gen, judge_cfg, run, settings, on_record=log)
+    return write_flips_run(lm, specs, prompts, gen, judge_cfg, run, settings, on_record=log)

@@ -60,7 +60,7 @@ def load_sae(spec: str, lm: LoadedModel) -> LoadedSAE:
         loaded = _load_default(spec, lm)
     elif spec == "tiny" or spec.startswith("tiny:"):
         hook = spec.split(":", 1)[1] if ":" in spec else f"blocks.{lm.n_layers // 2 - 1}.hook_resid_post"
-        loaded = LoadedSAE(tiny_sae(lm.d_model, hook_name=hook, model_name=lm.name), "tiny", hook)
+        loaded = LoadedSAE(tiny_sae(lm.d_model, hook_name=hook, model_name=lm.name), spec, hook)
     elif Path(spec).exists():
         loaded = _load_local(Path(spec))
     else:

@@ -127,7 +127,7 @@ def same_model(trained_on: str, model_name: str) -> bool:
 
 def check_fits(loaded: LoadedSAE, lm: LoadedModel) -> None:
     """The SAE was made for this model (when it records one), its hook exists there and the widths agree."""
-    if loaded.trained_on and lm.name != "tiny" and not same_model(loaded.trained_on, lm.name):
+    if loaded.trained_on and not same_model(loaded.trained_on, lm.name):
         raise LabError(f"the SAE {loaded.source} was trained on {loaded.trained_on}, not on the loaded model {lm.name}")
     if loaded.hook_name not in lm.model.hook_dict:
         raise LabError(f"the SAE reads hook {loaded.hook_name!r}, which model {lm.name} does not have")

@@ -8,9 +8,8 @@ from pathlib import Path
 from engine.errors import LabError
 from engine.lm.loading import load_model
 from engine.lm.models import LoadedModel
-from engine.lm.sae_sources import load_sae
-from engine.lm.saes import LoadedSAE
 from engine.method.clamp import ClampSpec
+from engine.method.clamp_sets import check_rows, load_clamp_set
 from engine.method.judge import JudgeConfig
 from engine.store.files import read_json
 
@@ -25,24 +24,11 @@ class RunContext:
     config: dict
 
 
-def clamps_from_json(lm: LoadedModel, rows: list[dict], cache: dict[str, LoadedSAE] | None = None) -> list[ClampSpec]:
-    """ClampSpecs from their ``to_json`` rows, loading each SAE once."""
-    cache = {} if cache is None else cache
-    specs = []
-    for row in rows:
-        source = row["sae"]
-        spec_name = source.split(":", 1)[1] if source.startswith("local:") or source.startswith("registry:") else source
-        if spec_name not in cache:
-            cache[spec_name] = load_sae(spec_name, lm)
-        specs.append(ClampSpec(cache[spec_name], row["features"], row["mode"], row["values"]))
-    return specs
-
-
 def open_run(run: Path, device: str | None = None, lm: LoadedModel | None = None) -> RunContext:
     """Load the model (unless given) and rebuild the clamps recorded in ``run/config.json``."""
     config = read_json(run / "config.json")
     if "clamps" not in config or "model" not in config:
         raise LabError(f"{run / 'config.json'} is not a flips run config (no model/clamps)")
     lm = lm or load_model(config["model"], device or config.get("device", "auto"))
-    specs = clamps_from_json(lm, config["clamps"])
+    specs = load_clamp_set(lm, check_rows(config["clamps"], str(run / "config.json")))
     return RunContext(lm, specs, JudgeConfig.from_json(config.get("judge")), config)
