@@ -1,7 +1,7 @@
 """``python -m engine …``: the parser and the one place errors become exit codes.
 
 Every user mistake ends with exit code 2 and one line ``error: …`` on stderr, never a bare traceback. The
-commands themselves live beside this module (``info``, ``flips``, ``recovery``).
+commands themselves live beside this module (``info``, ``flips``, ``recovery``, ``features``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 
+from engine.cli import features as features_cli
 from engine.cli import flips, info, recovery
 from engine.cli.args import Parser
 from engine.errors import LabError
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_command(sub)
     flips.add_command(sub)
     recovery.add_commands(sub)
+    features_cli.add_command(sub)
     return p
 
 

@@ -1,0 +1,86 @@
+"""``features direction``: rank SAE features by decoder cosine with a difference-of-means refusal direction (the paper's
+feature selection, ``engine.features.direction``) and write the top K as a clamp file for ``flips --clamp``."""
+
+from __future__ import annotations
+
+import logging
+
+from engine.cli.args import Parser, add_dataclass_options, dataclass_from_args, positive_int
+from engine.errors import LabError
+
+logger = logging.getLogger(__name__)
+
+
+def add_command(sub) -> None:
+    from engine.features.direction import DirectionConfig, SelectionConfig
+
+    group = sub.add_parser("features", help="feature selection (direction search)")
+    inner = group.add_subparsers(dest="features_command", required=True, parser_class=Parser)
+    d = inner.add_parser("direction", help="rank features by cosine with a refusal direction; write the top K as a clamp file")
+    d.add_argument("--sae", action="append", default=None,
+                   help="SAE to rank (repeatable): default:HOOK | LOCAL_FOLDER | RELEASE/SAE_ID | tiny:HOOK "
+                        "(default: every shipped default SAE, for the default model)")
+    d.add_argument("--model", default="default")
+    d.add_argument("--prompts", type=positive_int, default=24, help="prompts used from each source (default: 24)")
+    d.add_argument("--harmless", default="builtin:harmless",
+                   help="prompts of the (prompt, answer) pairs, and the harmless side of --source prompts (default: builtin:harmless)")
+    d.add_argument("--harmful", default="builtin:harmful", help="the harmful side of --source prompts (default: builtin:harmful)")
+    d.add_argument("--max-new-tokens", type=positive_int, default=48, help="length of the model's own answers (default: 48)")
+    d.add_argument("--out", default=None, help="clamp file to write (FILE.json), usable by flips --clamp")
+    d.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    add_dataclass_options(d, DirectionConfig)
+    add_dataclass_options(d, SelectionConfig)
+    d.set_defaults(handler=cmd_direction)
+
+
+def default_saes(model: str) -> list[str]:
+    """The SAEs ranked when no ``--sae`` is given: every shipped default SAE, for the default model only."""
+    from engine.lm.models import is_default_model
+    from engine.lm.sae_sources import default_sae_names
+
+    names = default_sae_names() if is_default_model(model) else []
+    if not names:
+        raise LabError(f"no --sae given and model {model!r} has no default SAE; pass --sae SPEC (repeatable)")
+    return [f"default:{hook}" for hook in names]
+
+
+def cmd_direction(args) -> dict:
+    from pathlib import Path
+
+    from engine.features.direction import (
+        DirectionConfig,
+        SelectionConfig,
+        check_layer,
+        rank_features,
+        select_clamp,
+        write_direction_clamp,
+    )
+    from engine.features.search import contrast_pairs
+    from engine.lm.loading import load_model
+    from engine.lm.sae_sources import load_sae
+    from engine.method.prompts import load_prompts
+
+    # Cheap checks first, so bad input fails before the model loads.
+    cfg = dataclass_from_args(DirectionConfig, args)
+    select = dataclass_from_args(SelectionConfig, args)
+    specs = args.sae or default_saes(args.model)
+    if args.out is not None and not Path(args.out).parent.is_dir():
+        raise LabError(f"cannot write {args.out}: folder {Path(args.out).parent} does not exist")
+    harmless = load_prompts(args.harmless, args.prompts)
+    harmful = load_prompts(args.harmful, args.prompts) if cfg.source == "prompts" else []
+    lm = load_model(args.model, args.device)
+    check_layer(lm, cfg.layer)
+    saes = [load_sae(spec, lm) for spec in dict.fromkeys(specs)]
+    refusal_pairs, answer_pairs = contrast_pairs(lm, harmless, max_new_tokens=args.max_new_tokens)
+    if not answer_pairs:
+        raise LabError("the model refused (or left empty) every prompt, so there are no own answers to contrast with")
+    result = rank_features(lm, saes, refusal_pairs, answer_pairs, cfg, harmful=harmful, harmless=harmless)
+    selection = select_clamp(result, select)
+    out = {**result.to_json(top=select.top_k), "selection": selection.to_json(),
+           "warnings": [*result.warnings, *selection.warnings],
+           "texts": {"refusal_pairs": len(refusal_pairs), "answer_pairs": len(answer_pairs), "harmless": args.harmless,
+                     "harmful": args.harmful if cfg.source == "prompts" else None}}
+    if args.out is not None:
+        extra = {"model": lm.name, "texts": out["texts"], "command": "python -m engine features direction"}
+        out["out"] = str(write_direction_clamp(args.out, result, selection, extra))
+    return out
