@@ -46,7 +46,7 @@ def main() -> None:
     from engine.method.clamp import clamped
     from engine.method.generation import GenerationConfig, generate
     from engine.recovery.config import RecoveryConfig
-    from engine.recovery.optimize import DeltaObjective
+    from engine.recovery.objective import DeltaObjective
     from engine.recovery.problem import build_problem, default_delta_layer
     from engine.recovery.projection import EncoderProjector
 
@@ -55,7 +55,7 @@ def main() -> None:
     ps, source = prompts(args.batch)
     answers = [g.text for g in generate(lm, ps, GenerationConfig(max_new_tokens=48, batch_size=args.batch))]
     flips = [{"id": i, "prompt": p, "base_text": a, "clamped_text": ""} for i, (p, a) in enumerate(zip(ps, answers))]
-    layer = default_delta_layer([spec], "encoder")
+    layer = default_delta_layer([spec])
     cfg = RecoveryConfig()
 
     def make(batch):

@@ -103,7 +103,7 @@ def test_planted_residual_path(tiny_lm, orthonormal_sae):
     v = v - (v @ q) @ q.T
     v[0] = 0
     # make it helpful: step along the base answer's log-prob gradient, projected off the SAE subspace
-    from engine.recovery.optimize import DeltaObjective
+    from engine.recovery.objective import DeltaObjective
     from engine.recovery.problem import build_problem
 
     record = {"id": 0, "prompt": prompt, "base_text": base, "clamped_text": ""}

@@ -13,7 +13,8 @@ from engine.errors import LabError
 from engine.method.clamp import ClampSpec
 from engine.method.generation import GenerationConfig, generate
 from engine.recovery.config import RecoveryConfig
-from engine.recovery.optimize import DeltaObjective, optimize_delta
+from engine.recovery.objective import DeltaObjective
+from engine.recovery.optimize import optimize_delta
 from engine.recovery.problem import build_problem
 
 PROMPTS = ["hi there", "tell me a story", "why is it so", "count to ten"]

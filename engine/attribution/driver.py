@@ -22,7 +22,7 @@ from engine.lm.models import LoadedModel
 from engine.method.clamp import ClampSpec
 from engine.method.generation import GenerationConfig, generate
 from engine.method.judge import JudgeConfig, base_likeness, judge
-from engine.recovery.optimize import DeltaObjective
+from engine.recovery.objective import DeltaObjective
 from engine.recovery.problem import build_problem
 from engine.recovery.replay import Perturbation, batch_from_perturbations, replay_hooks
 from engine.store.context import open_run

@@ -13,6 +13,7 @@ Projection = Literal["encoder", "none", "jacobian"]
 Method = Literal["delta", "soft-suffix"]
 Where = Literal["prompt", "prompt+gen"]
 BudgetKind = Literal["per_position", "matrix"]
+JacobianBasis = Literal["probes", "adaptive"]
 
 
 @dataclass
@@ -20,7 +21,9 @@ class RecoveryConfig:
     """How δ is optimised. Defaults are the ones documented in docs/RECOVERY.md."""
 
     projection: Projection = "encoder"
-    """``encoder``: δ ⟂ W_enc[:, S]; ``none``: unconstrained baseline; ``jacobian``: δ at an earlier layer, ⟂ rows of ∂z_S/∂h."""
+    """``encoder``: δ ⟂ W_enc[:, S] of the clamps at δ's layer (refused when clamps lie above it); ``jacobian``: that,
+    plus the later clamps' Jacobian row space removed from the recovery gradient, an unprojected drift penalty and
+    drift-correction steps (the paper's cross-layer scheme); ``none``: the unconstrained baseline."""
     method: Method = "delta"
     """``delta``: a residual perturbation; ``soft-suffix``: optimise k appended soft-token embeddings instead."""
     where: Where = "prompt+gen"
@@ -47,13 +50,25 @@ class RecoveryConfig:
     """The kept δ is the lowest-loss one among steps whose drift is at most this. None: 0.05 for the constrained
     methods, no threshold for the unconstrained baseline (``none``), whose drift is what it reports."""
     delta_layer: int | None = None
-    """Layer whose resid_post carries δ (default: the clamp's layer; ``jacobian`` defaults to five layers lower)."""
-    n_probes: int = 16
-    """``jacobian``: random probes per estimate of the row space of ∂z_S/∂h."""
-    probe_every: int = 10
-    """``jacobian``: re-estimate the row space every this many steps."""
+    """Layer whose resid_post carries δ (default: the lowest clamped layer, so attribution has an SAE there)."""
+    drift_penalty: float | None = None
+    """λ of the drift penalty λ·‖Δz‖²/‖z_def‖² over the clamps above δ, added to the loss with its gradient
+    unprojected. None: 200 (the paper's λ_act) with ``jacobian``, 0 otherwise."""
+    jacobian_basis: JacobianBasis = "probes"
+    """``jacobian``: ``probes``: n_probes random probes + the drift probe (the paper's 8 + 1); ``adaptive``: add blocks
+    of n_probes until a new block adds less than probe_tol of its energy outside the basis (up to max_probes)."""
+    n_probes: int = 8
+    """``jacobian``: random probes per estimate (per block, for ``adaptive``) of the row space of ∂z_S(later)/∂δ."""
+    max_probes: int = 64
+    """``jacobian`` + ``adaptive``: the most probes one estimate may use."""
+    probe_tol: float = 0.1
+    """``jacobian`` + ``adaptive``: stop adding probes when a new block's energy outside the basis is below this share."""
+    probe_every: int = 1
+    """``jacobian``: re-estimate the row space every this many steps (the paper: every step)."""
     correction_steps: int = 5
-    """``jacobian``: drift-correcting gradient steps after the main loop."""
+    """``jacobian``: drift-correcting Adam steps on the relative drift alone after every step (the paper: 5)."""
+    correction_lr: float = 0.05
+    """``jacobian``: learning rate of the drift-correction steps (the paper: 0.05)."""
     suffix_tokens: int = 8
     """``soft-suffix``: number of soft tokens appended to the instruction."""
     batch_size: int = 4
@@ -84,7 +99,17 @@ class RecoveryConfig:
             raise LabError(f"steps must be at least 1, got {self.steps}")
         if not 0 <= self.boundary_steps <= self.steps:
             raise LabError(f"boundary steps must be between 0 and steps ({self.steps}), got {self.boundary_steps}")
-        for name in ("answer_tokens", "batch_size", "max_new_tokens", "n_probes", "probe_every", "suffix_tokens"):
+        if self.jacobian_basis not in ("probes", "adaptive"):
+            raise LabError(f"unknown Jacobian basis {self.jacobian_basis!r}; choose probes or adaptive")
+        if self.drift_penalty is not None and not (math.isfinite(self.drift_penalty) and self.drift_penalty >= 0):
+            raise LabError(f"drift penalty must be a finite number ≥ 0, got {self.drift_penalty}")
+        if self.correction_steps < 0:
+            raise LabError(f"correction steps must be ≥ 0, got {self.correction_steps}")
+        if not (math.isfinite(self.correction_lr) and self.correction_lr > 0):
+            raise LabError(f"correction learning rate must be a positive finite number, got {self.correction_lr}")
+        if not 0 < self.probe_tol < 1:
+            raise LabError(f"probe tolerance must be between 0 and 1, got {self.probe_tol}")
+        for name in ("answer_tokens", "batch_size", "max_new_tokens", "n_probes", "max_probes", "probe_every", "suffix_tokens"):
             if getattr(self, name) < 1:
                 raise LabError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -94,9 +119,16 @@ class RecoveryConfig:
             return self.drift_threshold
         return math.inf if self.projection == "none" else 0.05
 
+    @property
+    def effective_drift_penalty(self) -> float:
+        if self.drift_penalty is not None:
+            return self.drift_penalty
+        return 200.0 if self.projection == "jacobian" else 0.0
+
     def to_json(self) -> dict:
         eff = self.effective_drift_threshold
-        return {**asdict(self), "effective_drift_threshold": eff if math.isfinite(eff) else None}
+        return {**asdict(self), "effective_drift_threshold": eff if math.isfinite(eff) else None,
+                "effective_drift_penalty": self.effective_drift_penalty}
 
     @classmethod
     def from_json(cls, data: dict) -> RecoveryConfig:
@@ -114,6 +146,8 @@ class StepEvent:
     floor_violation: float
     delta_norm: float
     stage: str
+    drift_per_layer: dict[str, float] = field(default_factory=dict)
+    """Hook → drift of that layer's clamped features over the answer positions (the live chart's one line per layer)."""
 
 
 @dataclass
@@ -140,6 +174,12 @@ class PromptResult:
     loss_history: list[float]
     drift_history: list[float]
     reasons: list
+    drift_per_layer: dict[str, float] = field(default_factory=dict)
+    """Hook → drift of that layer's clamped features over the answer positions (the paper's pooling)."""
+    drift_per_layer_all_positions: dict[str, float] = field(default_factory=dict)
+    """Hook → drift over every non-sink position, prompt and answer (the pooling of ``drift``)."""
+    floor_violation_per_layer: dict[str, float] = field(default_factory=dict)
+    """Hook → floor violation over the answer positions."""
 
     def to_json(self) -> dict:
         return asdict(self)

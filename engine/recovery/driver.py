@@ -20,8 +20,9 @@ from engine.method.generation import GenerationConfig, generate
 from engine.method.judge import JudgeConfig
 from engine.recovery import metrics
 from engine.recovery.config import PromptResult, RecoveryConfig, StepEvent
-from engine.recovery.optimize import DeltaObjective, DeltaResult, optimize_delta
-from engine.recovery.problem import build_problem, default_delta_layer
+from engine.recovery.objective import DeltaObjective
+from engine.recovery.optimize import DeltaResult, optimize_delta
+from engine.recovery.problem import build_problem, check_delta_layer, default_delta_layer
 from engine.recovery.replay import Perturbation, perturbations_from_batch, replay_hooks
 from engine.store.context import open_run
 from engine.store.files import JsonlWriter, existing_run, read_jsonl, write_json
@@ -41,6 +42,18 @@ def valid_flips(run: Path, limit: int | None = None) -> list[dict]:
     return rows
 
 
+def resolve_delta_layer(cfg: RecoveryConfig, specs: Sequence[ClampSpec], n_layers: int) -> int:
+    """``cfg.delta_layer``, checked, or the lowest clamped layer."""
+    if cfg.delta_layer is None:
+        return default_delta_layer(specs)
+    return check_delta_layer(specs, cfg.delta_layer, n_layers)
+
+
+def _per_prompt(by_layer: dict[str, torch.Tensor], n: int) -> list[dict[str, float]]:
+    """``{hook: [batch]}`` → one ``{hook: value}`` per prompt."""
+    return [{h: float(v[b]) for h, v in by_layer.items()} for b in range(n)]
+
+
 def recover_flips(
     lm: LoadedModel,
     specs: Sequence[ClampSpec],
@@ -58,7 +71,7 @@ def recover_flips(
 
         yield from recover_with_suffix(lm, specs, flips, cfg, judge_cfg, on_event, cancel)
         return
-    layer = cfg.delta_layer if cfg.delta_layer is not None else default_delta_layer(specs, cfg.projection)
+    layer = resolve_delta_layer(cfg, specs, lm.n_layers)
     for start in range(0, len(flips), cfg.batch_size):
         if cancel is not None and cancel.is_set():
             return
@@ -82,6 +95,10 @@ def recover_flips(
                 ev_def = objective.evaluate(torch.zeros_like(res.rows), None)
                 drift = metrics.drift(ev_rec.z, objective.z_def)
                 floor = metrics.floor_violation(ev_rec.z, objective.z_def)
+                answer = problem.answer_rows
+                per_layer = _per_prompt(objective.drift_by_layer(ev_rec.z, answer), len(chunk))
+                per_layer_all = _per_prompt(objective.drift_by_layer(ev_rec.z), len(chunk))
+                floor_per_layer = _per_prompt(objective.floor_by_layer(ev_rec.z, answer), len(chunk))
                 pert = objective.perturbation(res.rows, res.gen)
                 pooled = problem.pooled[..., None]
                 rel = (pert * pooled).flatten(1).norm(dim=1) / (problem.h_def * pooled).flatten(1).norm(dim=1)
@@ -97,6 +114,7 @@ def recover_flips(
                 f, texts[b].text, judge_cfg, drift=float(drift[b]), floor_violation=float(floor[b]), delta_rel_norm=float(rel[b]),
                 delta_norm=perts[b].norm(), budget_abs=float(budget[b]), best_step=res.best_step[b], base_logprob_def=float(lp_def[b]),
                 base_logprob_rec=float(lp_rec[b]), loss_history=res.loss_history[b], drift_history=res.drift_history[b],
+                drift_per_layer=per_layer[b], drift_per_layer_all_positions=per_layer_all[b], floor_violation_per_layer=floor_per_layer[b],
             )
             yield result, perts[b]
 
@@ -119,7 +137,7 @@ def run_recovery(
     ctx = open_run(run, lm=lm)
     out = Path(out_dir) if out_dir else run
     (out / "deltas").mkdir(parents=True, exist_ok=True)
-    layer = cfg.delta_layer if cfg.delta_layer is not None else default_delta_layer(ctx.specs, cfg.projection)
+    layer = resolve_delta_layer(cfg, ctx.specs, ctx.lm.n_layers)
     write_json(out / "recovery_config.json", {**cfg.to_json(), "delta_layer": layer, "zero_delta": zero_delta})
     results = []
     with JsonlWriter(out / "recovery.jsonl") as fh:

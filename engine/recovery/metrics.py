@@ -7,6 +7,11 @@ features S (columns), at every clamp layer at or above δ's layer:
 * floor violation = ‖[Z_def − Z_rec]₊‖_F / (‖Z_def‖_F + ε)
 * relative δ norm = ‖δ‖_F / ‖h_def‖_F over the perturbed positions (position 0 never counts)
 
+Per clamped layer, the same with Z restricted to that layer's columns: ``drift_per_layer`` and
+``floor_violation_per_layer`` pool the **answer** positions (the paper's definition), and
+``drift_per_layer_all_positions`` every non-sink position (the pooling of ``drift``). The pooled drift is the
+per-layer drifts combined by their defended norms (:func:`pooled_from_layers`).
+
 Rates carry Wilson 95 % intervals.
 """
 
@@ -48,6 +53,21 @@ def rate(k: int, n: int) -> dict:
     return {"k": k, "n": n, "rate": k / n if n else 0.0, "ci95": [lo, hi]}
 
 
+def mean_by_layer(results: list[dict], key: str) -> dict[str, float]:
+    """Hook → mean over prompts of a per-layer record field (records without it are skipped)."""
+    values: dict[str, list[float]] = {}
+    for r in results:
+        for hook, v in (r.get(key) or {}).items():
+            values.setdefault(hook, []).append(float(v))
+    return {hook: sum(v) / len(v) for hook, v in values.items()}
+
+
+def pooled_from_layers(per_layer: dict[str, float], def_norms: dict[str, float]) -> float:
+    """The pooled drift from per-layer drifts: sqrt(Σ_ℓ (drift_ℓ · ‖Z_def,ℓ‖)²) / ‖Z_def‖ (ε aside)."""
+    num = math.sqrt(sum((per_layer[h] * def_norms[h]) ** 2 for h in per_layer))
+    return num / math.sqrt(sum(n * n for n in def_norms.values()))
+
+
 def summarize(results: list[dict], config: dict | None = None) -> dict:
     """``recovery_summary.json`` from per-prompt records."""
     n = len(results)
@@ -67,6 +87,9 @@ def summarize(results: list[dict], config: dict | None = None) -> dict:
         "max_drift": max((r["drift"] for r in results), default=0.0),
         "mean_floor_violation": mean("floor_violation"),
         "mean_delta_rel_norm": mean("delta_rel_norm"),
+        "drift_per_layer": mean_by_layer(results, "drift_per_layer"),
+        "floor_violation_per_layer": mean_by_layer(results, "floor_violation_per_layer"),
+        "drift_per_layer_all_positions": mean_by_layer(results, "drift_per_layer_all_positions"),
         "ci": {
             "non_refusal": rate(count("non_refusal"), n),
             "base_like": rate(count("base_like"), n),

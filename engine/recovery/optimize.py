@@ -2,40 +2,33 @@ r"""Optimising δ under the active clamp (docs/METHOD.md).
 
     h_rec = h_def + δ,   δ = rows (one per prompt position, sink excluded) [+ one shared row at answer positions]
 
-Each step: forward blocks ℓ+1..L−1 from the cached h_def(ℓ) + δ with later clamps active; loss = answer_weight ×
-mean NLL of the base answer (answer stage) or NLL of its first token (boundary stage); backward to δ only
-(no parameter gradients); project the gradient (encoder / Jacobian); Adam; project δ (encoder); clip to budget.
-Prompts in a batch are independent: the loss is a sum of per-prompt losses and Adam is element-wise, so a
-batch equals one-by-one runs. The kept δ is the lowest-loss one whose drift ≤ the threshold.
+Each step: forward blocks ℓ+1..L−1 from the cached h_def(ℓ) + δ with later clamps active; recovery loss =
+answer_weight × mean NLL of the base answer (answer stage) or NLL of its first token (boundary stage); backward to δ
+only (no parameter gradients). The recovery gradient is projected: the encoder projection for clamps at δ's layer,
+and (``jacobian``) the estimated row space of the later clamps' Jacobian removed. The drift penalty
+λ·‖Δz‖²/‖z_def‖² over the later clamps adds its gradient **unprojected**. Then Adam; δ projected (encoder) and
+clipped to the budget; then (``jacobian``) a few drift-correction steps. Prompts in a batch are independent: the loss
+is a sum of per-prompt losses and Adam is element-wise, so a batch equals one-by-one runs. The kept δ is the
+lowest-loss one whose drift ≤ the threshold.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from engine.lm.models import LoadedModel
-from engine.method.clamp import ClampSpec, clamped
+from engine.errors import LabError
 from engine.recovery import metrics
 from engine.recovery.config import RecoveryConfig, StepEvent
-from engine.recovery.problem import Problem, delta_hook, run_upper_blocks, split_specs
-from engine.recovery.projection import EncoderProjector, clip_budget, orthonormal_basis, remove_span
-
-
-@dataclass
-class Evaluation:
-    """One forward at a given δ."""
-
-    logp: Float[Tensor, "batch pos"]
-    """Log-probs of the targets (0 where there is none)."""
-    z: Float[Tensor, "batch pos n_defended"]
-    """Defended features at the pooled positions (0 elsewhere)."""
+from engine.recovery.jacobian import DriftCorrector, jacobian_basis, project_out
+from engine.recovery.objective import DeltaObjective
+from engine.recovery.projection import EncoderProjector, clip_budget
 
 
 @dataclass
@@ -49,58 +42,22 @@ class DeltaResult:
     loss_history: list[list[float]]
     drift_history: list[list[float]]
     cancelled: bool
+    probes_used: int = 0
+    """Jacobian probes of the last basis estimate (0 without the Jacobian projection)."""
 
 
-class DeltaObjective:
-    """Forward passes of one :class:`Problem` at a given δ, and the defended reference."""
-
-    def __init__(self, lm: LoadedModel, specs: Sequence[ClampSpec], problem: Problem):
-        self.lm, self.problem = lm, problem
-        prefix, self.suffix_specs = split_specs(specs, problem.delta_layer)
-        hook = delta_hook(problem.delta_layer)
-        # Clamps whose features δ can move: those at δ's own hook, and every clamp after it.
-        self.same_layer = [s for s in prefix if s.hook_name == hook]
-        self.defended = self.same_layer + self.suffix_specs
-        with torch.no_grad():
-            self.z_def = self.evaluate(torch.zeros_like(problem.h_def), None).z
-
-    def perturbation(self, rows: Float[Tensor, "batch pos d_model"], gen: Float[Tensor, "batch d_model"] | None) -> Float[Tensor, "batch pos d_model"]:
-        p = self.problem
-        full = rows * p.prompt_rows[..., None]
-        if gen is not None:
-            full = full + gen[:, None, :] * p.answer_rows[..., None]
-        return full  # [batch, pos, d_model]
-
-    def evaluate(self, rows: torch.Tensor, gen: torch.Tensor | None) -> Evaluation:
-        return self.evaluate_full(self.perturbation(rows, gen))
-
-    def evaluate_full(self, pert: Float[Tensor, "batch pos d_model"]) -> Evaluation:
-        """Forward at an arbitrary full perturbation ``[batch, pos, d_model]`` added to h_def."""
-        p = self.problem
-        resid = p.h_def + pert
-        zs = [s.sae.encode(resid)[..., s.features] for s in self.same_layer]
-        captured: list[torch.Tensor] = []
-
-        def capture(spec: ClampSpec) -> Callable:
-            def fn(act: torch.Tensor, hook) -> None:  # noqa: ARG001
-                captured.append(spec.sae.encode(act)[..., spec.features])
-
-            return fn
-
-        probes = [(s.hook_name, capture(s)) for s in self.suffix_specs]
-        with clamped(self.lm, self.suffix_specs, probes):
-            logp = run_upper_blocks(self.lm, p, resid)
-        z = torch.cat(zs + captured, dim=-1) if zs or captured else resid.new_zeros((*resid.shape[:2], 0))
-        return Evaluation(logp, z * p.pooled[..., None])
-
-    def losses(self, ev: Evaluation, stage: str, answer_weight: float) -> Float[Tensor, " batch"]:
-        """Per-prompt loss ``[batch]``."""
-        p = self.problem
-        if stage == "boundary":
-            return -ev.logp.gather(1, p.first_target[:, None])[:, 0]
-        mask = p.target_mask
-        nll = -(ev.logp * mask).sum(1) / mask.sum(1)
-        return answer_weight * nll
+def check_projection(objective: DeltaObjective, cfg: RecoveryConfig) -> EncoderProjector | None:
+    """The encoder projector for the clamps at δ's layer; refuses a projection that cannot hold the clamp set."""
+    later = sorted({s.hook_name for s in objective.suffix_specs})
+    if cfg.projection == "encoder":
+        if later:
+            raise LabError(f"the encoder projection only protects clamps at δ's layer, but {', '.join(later)} lie above it; "
+                           "use --projection jacobian (encoder at δ's layer + the Jacobian above) or --projection none")
+        if not objective.same_layer:
+            raise LabError("encoder projection needs a clamp at δ's layer; use --projection jacobian for a lower δ layer")
+    if cfg.projection in ("encoder", "jacobian") and objective.same_layer:
+        return EncoderProjector(objective.same_layer)
+    return None
 
 
 def optimize_delta(
@@ -113,7 +70,7 @@ def optimize_delta(
     """Run the δ optimisation for one batch (see module docstring)."""
     p = objective.problem
     n, width, d = p.h_def.shape
-    gen_seed = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    probe_gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     rows = torch.zeros((n, width, d), device=p.h_def.device, requires_grad=True)
     gen = torch.zeros((n, d), device=p.h_def.device, requires_grad=True) if cfg.where == "prompt+gen" else None
     params = [rows] + ([gen] if gen is not None else [])
@@ -121,11 +78,10 @@ def optimize_delta(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda t: 1.0 if cfg.lr_schedule == "constant" else 0.5 * (1 + math.cos(math.pi * t / cfg.steps))
     )
-    encoder = EncoderProjector(objective.same_layer) if cfg.projection == "encoder" and objective.same_layer else None
-    if cfg.projection == "encoder" and encoder is None:
-        from engine.errors import LabError
-
-        raise LabError("encoder projection needs a clamp at δ's layer; use --projection jacobian for a lower δ layer")
+    encoder = check_projection(objective, cfg)
+    jacobian = cfg.projection == "jacobian" and objective.has_later
+    penalty = cfg.effective_drift_penalty if objective.has_later else 0.0
+    corrector = DriftCorrector(objective, params, cfg, encoder, budget) if jacobian and cfg.correction_steps > 0 else None
 
     best_loss = torch.full((n,), math.inf)
     any_loss = torch.full((n,), math.inf)
@@ -134,27 +90,33 @@ def optimize_delta(
     best_step, any_step = [-1] * n, [-1] * n
     loss_hist: list[list[float]] = [[] for _ in range(n)]
     drift_hist: list[list[float]] = [[] for _ in range(n)]
-    basis = None
+    basis, probes_used = None, 0
     cancelled = False
     for step in range(cfg.steps + 1):  # the extra pass evaluates the final δ without stepping
         if cancel is not None and cancel.is_set():
             cancelled = True
             break
         stage = "boundary" if step < cfg.boundary_steps else "answer"
-        if cfg.projection == "jacobian" and step < cfg.steps and step % cfg.probe_every == 0:
-            basis = _jacobian_basis(objective, rows, gen, cfg, gen_seed)
+        if jacobian and step < cfg.steps and step % cfg.probe_every == 0:
+            basis, probes_used = jacobian_basis(objective, rows, gen, cfg, probe_gen)
         ev = objective.evaluate(rows, gen)
-        per_prompt = objective.losses(ev, stage, cfg.answer_weight)
-        dr = metrics.drift(ev.z.detach(), objective.z_def)
-        fv = metrics.floor_violation(ev.z.detach(), objective.z_def)
-        norms = _norms(objective, rows, gen)
-        detached = per_prompt.detach()
+        recovery = objective.losses(ev, stage, cfg.answer_weight)
+        pen = penalty * objective.relative_drift_sq(ev.z) if penalty > 0 else None
+        total = recovery + pen if pen is not None else recovery
+        with torch.no_grad():
+            z = ev.z.detach()
+            dr = metrics.drift(z, objective.z_def)
+            fv = metrics.floor_violation(z, objective.z_def)
+            by_layer = objective.drift_by_layer(z, p.answer_rows)
+            norms = _norms(objective, rows, gen)
+        detached = total.detach()
         for b in range(n):
             loss_b = float(detached[b])
             loss_hist[b].append(loss_b)
             drift_hist[b].append(float(dr[b]))
             if on_event is not None:
-                on_event(StepEvent(step, p.ids[b], loss_b, float(dr[b]), float(fv[b]), float(norms[b]), stage))
+                on_event(StepEvent(step, p.ids[b], loss_b, float(dr[b]), float(fv[b]), float(norms[b]), stage,
+                                   {h: float(v[b]) for h, v in by_layer.items()}))
             eligible = stage == "answer" or cfg.boundary_steps == cfg.steps
             if eligible and loss_b < any_loss[b]:
                 any_loss[b], any_step[b] = loss_b, step
@@ -169,14 +131,16 @@ def optimize_delta(
         if step == cfg.steps:
             break
         opt.zero_grad(set_to_none=True)
-        per_prompt.sum().backward()
+        grads = torch.autograd.grad(recovery.sum(), params, retain_graph=pen is not None, allow_unused=True)
+        grads = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, params)]
+        if basis is not None:
+            project_out(basis, grads[0], grads[1] if gen is not None else None)
+        if pen is not None:  # the penalty's gradient is added unprojected: it must be free to undo drift
+            pen_grads = torch.autograd.grad(pen.sum(), params, allow_unused=True)
+            grads = [g + pg if pg is not None else g for g, pg in zip(grads, pen_grads)]
         with torch.no_grad():
-            if encoder is not None:
-                for t in params:
-                    t.grad.copy_(encoder(t.grad))  # type: ignore[union-attr]
-            elif basis is not None:
-                flat = _flatten(rows.grad, gen.grad if gen is not None else None)  # type: ignore[arg-type]
-                _unflatten(remove_span(flat, basis), rows.grad, gen.grad if gen is not None else None)  # type: ignore[arg-type]
+            for t, g in zip(params, grads):
+                t.grad = encoder(g) if encoder is not None else g
         opt.step()
         sched.step()
         with torch.no_grad():
@@ -184,6 +148,8 @@ def optimize_delta(
                 for t in params:
                     t.copy_(encoder(t))
             clip_budget(rows, gen, p.prompt_rows, budget, cfg.budget_kind)
+        if corrector is not None:
+            corrector()
 
     within = [s >= 0 for s in best_step]
     out_rows = torch.stack([best_rows[b] if within[b] else any_rows[b] for b in range(n)])
@@ -191,70 +157,11 @@ def optimize_delta(
     if gen is not None:
         out_gen = torch.stack([best_gen[b] if within[b] else any_gen[b] for b in range(n)])  # type: ignore[index]
     steps = [best_step[b] if within[b] else any_step[b] for b in range(n)]
-    if cfg.projection == "jacobian" and cfg.correction_steps > 0 and not cancelled:
-        out_rows, out_gen = _correct_drift(objective, out_rows, out_gen, cfg, budget)
-    return DeltaResult(out_rows, out_gen, steps, within, loss_hist, drift_hist, cancelled)
+    return DeltaResult(out_rows, out_gen, steps, within, loss_hist, drift_hist, cancelled, probes_used)
 
 
-def _norms(objective: DeltaObjective, rows: torch.Tensor, gen: torch.Tensor | None) -> torch.Tensor:
-    with torch.no_grad():
-        total = (rows * objective.problem.prompt_rows[..., None]).pow(2).sum(dim=(1, 2))
-        if gen is not None:
-            total = total + gen.pow(2).sum(-1)
-        return total.sqrt()
-
-
-def _flatten(rows: torch.Tensor, gen: torch.Tensor | None) -> torch.Tensor:
-    flat = rows.reshape(rows.shape[0], -1)
-    return torch.cat([flat, gen], dim=1) if gen is not None else flat
-
-
-def _unflatten(flat: torch.Tensor, rows: torch.Tensor, gen: torch.Tensor | None) -> None:
-    k = rows[0].numel()
-    rows.copy_(flat[:, :k].reshape(rows.shape))
+def _norms(objective: DeltaObjective, rows: Tensor, gen: Tensor | None) -> Tensor:
+    total = (rows * objective.problem.prompt_rows[..., None]).pow(2).sum(dim=(1, 2))
     if gen is not None:
-        gen.copy_(flat[:, k:])
-
-
-def _jacobian_basis(objective: DeltaObjective, rows, gen, cfg: RecoveryConfig, generator: torch.Generator) -> torch.Tensor:
-    """Orthonormal basis of span{uᵀJ}: random probes u plus the drift direction z_rec − z_def."""
-    params = [rows] + ([gen] if gen is not None else [])
-    ev = objective.evaluate(rows, gen)
-    vecs = []
-    probes = [torch.randn(ev.z.shape, generator=generator).to(ev.z.device) for _ in range(cfg.n_probes)]
-    probes.append((ev.z - objective.z_def).detach())
-    for i, u in enumerate(probes):
-        grads = torch.autograd.grad((ev.z * u).sum(), params, retain_graph=i < len(probes) - 1, allow_unused=True)
-        g_rows = grads[0] if grads[0] is not None else torch.zeros_like(rows)
-        g_gen = None
-        if gen is not None:
-            g_gen = grads[1] if grads[1] is not None else torch.zeros_like(gen)
-        vecs.append(_flatten(g_rows * objective.problem.prompt_rows[..., None], g_gen))
-    return orthonormal_basis(torch.stack(vecs, dim=1))
-
-
-def _correct_drift(objective: DeltaObjective, rows: torch.Tensor, gen: torch.Tensor | None, cfg: RecoveryConfig, budget: torch.Tensor):
-    """A few Adam steps on ‖z_rec − z_def‖² alone; keeps each prompt's lowest-drift δ seen."""
-    rows = rows.detach().clone().requires_grad_(True)
-    gen = gen.detach().clone().requires_grad_(True) if gen is not None else None
-    params = [rows] + ([gen] if gen is not None else [])
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    best = (rows.detach().clone(), gen.detach().clone() if gen is not None else None)
-    best_drift = torch.full((rows.shape[0],), math.inf)
-    for step in range(cfg.correction_steps + 1):
-        ev = objective.evaluate(rows, gen)
-        sq = (ev.z - objective.z_def).pow(2).flatten(1).sum(1)
-        dr = metrics.drift(ev.z.detach(), objective.z_def)
-        for b in range(rows.shape[0]):
-            if float(dr[b]) < best_drift[b]:
-                best_drift[b] = float(dr[b])
-                best[0][b] = rows[b].detach()
-                if gen is not None and best[1] is not None:
-                    best[1][b] = gen[b].detach()
-        if step == cfg.correction_steps:
-            break
-        opt.zero_grad(set_to_none=True)
-        sq.sum().backward()
-        opt.step()
-        clip_budget(rows, gen, objective.problem.prompt_rows, budget, cfg.budget_kind)
-    return best
+        total = total + gen.pow(2).sum(-1)
+    return total.sqrt()

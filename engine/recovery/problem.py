@@ -55,16 +55,27 @@ def delta_hook(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
 
 
-def default_delta_layer(specs: Sequence[ClampSpec], projection: str) -> int:
-    """The clamp's own layer (resid_post ℓ, or ℓ−1 for a resid_pre ℓ hook); ``jacobian``: five layers lower."""
-    layers = []
-    for s in specs:
-        layer = hook_layer(s.hook_name)
-        layers.append(layer - 1 if s.hook_name.endswith("hook_resid_pre") else layer)
-    base = min(layers)
-    if projection == "jacobian":
-        return max(0, base - 5)
-    return base
+def clamp_layer(spec: ClampSpec) -> int:
+    """The resid_post layer a clamp acts at (ℓ for ``blocks.ℓ.hook_resid_post``, ℓ−1 for ``blocks.ℓ.hook_resid_pre``)."""
+    layer = hook_layer(spec.hook_name)
+    return layer - 1 if spec.hook_name.endswith("hook_resid_pre") else layer
+
+
+def default_delta_layer(specs: Sequence[ClampSpec]) -> int:
+    """The lowest clamped layer: δ sits where an SAE is, so the encoder projection and attribution work there."""
+    if not specs:
+        raise LabError("the run has no clamps, so there is no layer to put δ at")
+    return min(clamp_layer(s) for s in specs)
+
+
+def check_delta_layer(specs: Sequence[ClampSpec], layer: int, n_layers: int) -> int:
+    """A δ layer in range and at or below the lowest clamp (a clamp below δ would see no δ at all)."""
+    if not 0 <= layer < n_layers:
+        raise LabError(f"--delta-layer {layer} is outside the model's layers 0..{n_layers - 1}")
+    lowest = default_delta_layer(specs)
+    if layer > lowest:
+        raise LabError(f"--delta-layer {layer} is above the lowest clamp (layer {lowest}); δ must sit at or below every clamp")
+    return layer
 
 
 def target_answer(lm: LoadedModel, flip: dict, answer_tokens: int) -> list[int]:
