@@ -160,3 +160,42 @@ def test_delta_layer_must_be_in_range_and_not_above_the_lowest_clamp(tiny_lm, tw
     for layer, msg in ((2, "above the lowest clamp"), (9, "outside the model's layers"), (-1, "outside the model's layers")):
         with pytest.raises(LabError, match=msg):
             list(recover_flips(tiny_lm, two_layer_specs, flips[:1], dataclasses.replace(BASE, delta_layer=layer)))
+
+
+def test_cli_cross_layer_recover_and_attribute_through_the_delta_layer_sae(tmp_path, capsys):
+    """flips with a two-layer clamp file → jacobian recovery → attribution through the SAE at δ's layer; with δ below
+    every clamp, attribution asks for an SAE at δ's layer and uses the one given."""
+    import json
+    import shutil
+
+    from engine.cli.main import main
+
+    clamp = tmp_path / "clamp.json"
+    clamp.write_text(json.dumps([{"sae": f"tiny:{L1}", "features": [0, 1, 2], "mode": "set", "values": [8.0]},
+                                 {"sae": f"tiny:{L2}", "features": [0, 1], "mode": "set", "values": [5.0]}]))
+    run = tmp_path / "run"
+    assert main(["flips", "--prompts", "builtin:harmless", "--limit", "2", "--model", "tiny", "--clamp", str(clamp),
+                 "--max-new-tokens", "6", "--out", str(run)]) == 0
+    rows = [json.loads(x) for x in (run / "flips.jsonl").read_text().splitlines()]
+    (run / "flips.jsonl").write_text("".join(json.dumps({**r, "valid": True}) + "\n" for r in rows))  # gibberish never refuses
+    low = tmp_path / "low"
+    shutil.copytree(run, low)
+    capsys.readouterr()
+    assert main(["recover", "--run", str(run), "--projection", "encoder", "--steps", "2"]) == 2
+    assert "--projection jacobian" in capsys.readouterr().err
+    recover = ["--projection", "jacobian", "--steps", "3", "--max-new-tokens", "4", "--n-probes", "2", "--correction-steps", "1"]
+    assert main(["recover", "--run", str(run), *recover]) == 0, capsys.readouterr().err
+    summary = json.loads((run / "recovery_summary.json").read_text())
+    assert set(summary["drift_per_layer"]) == {L1, L2} and summary["config"]["delta_layer"] == 1
+    assert main(["attribute", "--run", str(run), "--top-k", "3"]) == 0, capsys.readouterr().err
+    attr = [json.loads(x) for x in (run / "attribution.jsonl").read_text().splitlines()]
+    assert len(attr) == 2 and attr[0]["layer"] == 1
+    assert main(["recover", "--run", str(low), *recover, "--delta-layer", "0"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["attribute", "--run", str(low)]) == 2
+    assert "pass --sae" in capsys.readouterr().err
+    assert main(["attribute", "--run", str(low), "--sae", "tiny:blocks.0.hook_resid_post", "--top-k", "3"]) == 0
+    summary = json.loads((low / "attribution_summary.json").read_text())
+    assert summary["sae"] == "tiny:blocks.0.hook_resid_post" and summary["components"]["clamped"]["mean_base_logprob_gain"] == 0.0
+    assert main(["recover", "--run", str(low), "--delta-layer", "2"]) == 2
+    assert "above the lowest clamp" in capsys.readouterr().err

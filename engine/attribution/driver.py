@@ -19,11 +19,13 @@ import torch
 from engine.attribution.components import COMPONENTS, component, top_features
 from engine.errors import LabError
 from engine.lm.models import LoadedModel
+from engine.lm.sae_sources import load_sae
+from engine.lm.saes import LoadedSAE
 from engine.method.clamp import ClampSpec
 from engine.method.generation import GenerationConfig, generate
 from engine.method.judge import JudgeConfig, base_likeness, judge
 from engine.recovery.objective import DeltaObjective
-from engine.recovery.problem import build_problem
+from engine.recovery.problem import build_problem, delta_hook
 from engine.recovery.replay import Perturbation, batch_from_perturbations, replay_hooks
 from engine.store.context import open_run
 from engine.store.files import JsonlWriter, existing_run, read_json, read_jsonl, write_json
@@ -51,18 +53,34 @@ def load_perturbation(run: Path, flip_id: int) -> Perturbation:
     return Perturbation(t["rows"], t.get("gen"))
 
 
+def attribution_sae(objective: DeltaObjective, given: LoadedSAE | None) -> tuple[LoadedSAE, list[int]]:
+    """The SAE δ is decomposed through (the paper's choice: the one at δ's layer) and its clamped features.
+
+    The clamped SAE at δ's hook when there is one; otherwise ``given`` (``--sae``), which must read δ's hook.
+    """
+    hook = delta_hook(objective.problem.delta_layer)
+    if objective.same_layer:
+        sae = objective.same_layer[0].sae
+        if given is not None and given.source != sae.source:
+            raise LabError(f"δ's layer already has the clamped SAE {sae.source}; attribution goes through it, so drop --sae")
+        return sae, sorted({f for s in objective.same_layer if s.sae is sae for f in s.features})
+    if given is None:
+        raise LabError(f"δ sits at {hook}, where no clamped SAE reads; pass --sae SPEC with an SAE at {hook} to attribute through it")
+    if given.hook_name != hook:
+        raise LabError(f"the SAE {given.source} reads {given.hook_name}, but δ sits at {hook}")
+    return given, []
+
+
 def attribute_batch(
     lm: LoadedModel, specs: Sequence[ClampSpec], records: Sequence[dict], perts: Sequence[Perturbation], layer: int,
     answer_tokens: int, top_k: int, max_new_tokens: int, judge_cfg: JudgeConfig, components: Sequence[str] = COMPONENTS,
+    sae: LoadedSAE | None = None,
 ) -> list[dict]:
-    """Attribution records for one batch of recovered prompts."""
+    """Attribution records for one batch of recovered prompts (``sae``: for a δ layer with no clamped SAE)."""
     with torch.no_grad():
         problem = build_problem(lm, specs, records, answer_tokens, layer)
         objective = DeltaObjective(lm, specs, problem)
-        if not objective.same_layer:
-            raise LabError("attribution needs an SAE clamp at δ's layer (a cross-layer or soft-suffix run has none)")
-        sae = objective.same_layer[0].sae
-        clamped_feats = sorted({f for s in objective.same_layer if s.sae is sae for f in s.features})
+        sae, clamped_feats = attribution_sae(objective, sae)
         if top_k > sae.d_sae:
             raise LabError(f"--top-k {top_k} exceeds the SAE's d_sae={sae.d_sae}")
         rows, gen = batch_from_perturbations(problem, list(perts))
@@ -113,6 +131,7 @@ def summarize_attribution(records: Sequence[dict], components: Sequence[str] = C
 def attribute_records(
     lm: LoadedModel, specs: Sequence[ClampSpec], run: Path, records: Sequence[dict], top_k: int, judge_cfg: JudgeConfig,
     batch_size: int = 4, cancel: threading.Event | None = None, on_record: Callable[[dict], None] | None = None,
+    sae: LoadedSAE | None = None,
 ) -> Iterator[dict]:
     cfg = read_json(run / "recovery_config.json")
     if cfg.get("method") == "soft-suffix":
@@ -123,15 +142,19 @@ def attribute_records(
         chunk = list(records[start : start + batch_size])
         perts = [load_perturbation(run, int(r["id"])) for r in chunk]
         for rec in attribute_batch(lm, specs, chunk, perts, int(cfg["delta_layer"]), int(cfg["answer_tokens"]), top_k,
-                                   int(cfg["max_new_tokens"]), judge_cfg):
+                                   int(cfg["max_new_tokens"]), judge_cfg, sae=sae):
             if on_record is not None:
                 on_record(rec)
             yield rec
 
 
 def run_attribution(run_dir: str | Path, top_k: int = 10, lm: LoadedModel | None = None, limit: int | None = None,
-                    cancel: threading.Event | None = None, on_record: Callable[[dict], None] | None = None) -> dict:
-    """Attribute every recovered prompt of a run and write the two attribution files."""
+                    cancel: threading.Event | None = None, on_record: Callable[[dict], None] | None = None,
+                    sae_spec: str | None = None) -> dict:
+    """Attribute every recovered prompt of a run and write the two attribution files.
+
+    ``sae_spec``: an SAE at δ's layer, needed only when no clamp of the run reads that layer.
+    """
     check_top_k(top_k)
     run = existing_run(run_dir, "recovery.jsonl")
     records = read_jsonl(run / "recovery.jsonl")
@@ -140,13 +163,15 @@ def run_attribution(run_dir: str | Path, top_k: int = 10, lm: LoadedModel | None
     if limit is not None:
         records = records[:limit]
     ctx = open_run(run, lm=lm)
+    sae = load_sae(sae_spec, ctx.lm) if sae_spec else None
     done = []
     with JsonlWriter(run / "attribution.jsonl") as fh:
-        for rec in attribute_records(ctx.lm, ctx.specs, run, records, top_k, ctx.judge, cancel=cancel, on_record=on_record):
+        for rec in attribute_records(ctx.lm, ctx.specs, run, records, top_k, ctx.judge, cancel=cancel, on_record=on_record, sae=sae):
             fh.write(rec)
             done.append(rec)
             logger.info("attributed flip %d", rec["id"])
     summary = summarize_attribution(done)
     summary["top_k"] = top_k
+    summary["sae"] = sae.source if sae is not None else None
     write_json(run / "attribution_summary.json", summary)
     return summary

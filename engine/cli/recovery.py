@@ -33,6 +33,7 @@ def add_commands(sub) -> None:
     a = sub.add_parser("attribute", help="decompose each recovered δ and replay its parts under the clamp")
     _run_options(a)
     a.add_argument("--top-k", type=integer, default=10, help="number of top non-clamped features (0..d_sae)")
+    a.add_argument("--sae", default=None, help="an SAE at δ's layer, when no clamp of the run reads it (default: the clamped one)")
     a.set_defaults(handler=cmd_attribute)
 
 
@@ -71,7 +72,7 @@ def cmd_attribute(args) -> dict:
 
     check_top_k(args.top_k)
     run, lm = _open(args, "recovery.jsonl")
-    return run_attribution(run, args.top_k, lm=lm, limit=args.limit)
+    return run_attribution(run, args.top_k, lm=lm, limit=args.limit, sae_spec=args.sae)
 
 
 def _log_event(ev: StepEvent) -> None:
