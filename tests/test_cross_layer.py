@@ -199,3 +199,26 @@ def test_cli_cross_layer_recover_and_attribute_through_the_delta_layer_sae(tmp_p
     assert summary["sae"] == "tiny:blocks.0.hook_resid_post" and summary["components"]["clamped"]["mean_base_logprob_gain"] == 0.0
     assert main(["recover", "--run", str(low), "--delta-layer", "2"]) == 2
     assert "above the lowest clamp" in capsys.readouterr().err
+
+
+def test_ksweep_reclamps_and_reflips_per_k(tmp_path, capsys):
+    """The K sweep clamps the top-K direction pairs for each K and recomputes the flips (valid set) per K."""
+    import json
+
+    from engine.cli.main import main
+
+    out = tmp_path / "ks"
+    args = ["ksweep", "--prompts", "builtin:harmless", "--limit", "2", "--ks", "3,1", "--out", str(out), "--model", "tiny",
+            "--sae", f"tiny:{L1}", "--sae", f"tiny:{L2}", "--layer", "1", "--direction-prompts", "3", "--candidates", "4",
+            "--projection", "jacobian", "--steps", "2", "--max-new-tokens", "4"]
+    assert main(args) == 0, capsys.readouterr().err
+    sweep = json.loads((out / "ksweep.json").read_text())
+    assert [p["k"] for p in sweep["points"]] == [1, 3]
+    for p in sweep["points"]:
+        config = json.loads((out / f"k_{p['k']}" / "config.json").read_text())
+        assert sum(len(c["features"]) for c in config["clamps"]) == p["k"]
+        assert p["n_prompts"] == 2 and (out / f"k_{p['k']}" / "flips.jsonl").is_file()
+    assert main([*args[:6], "0,2", *args[7:]]) == 2 and "at least 1" in capsys.readouterr().err
+    bad = list(args)
+    bad[bad.index("3,1")] = "9"
+    assert main(bad) == 2 and "exceeds the" in capsys.readouterr().err

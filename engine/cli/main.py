@@ -12,7 +12,7 @@ import logging
 import sys
 
 from engine.cli import features as features_cli
-from engine.cli import flips, info, recovery
+from engine.cli import flips, info, ksweep, recovery
 from engine.cli.args import Parser
 from engine.errors import LabError
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     flips.add_command(sub)
     recovery.add_commands(sub)
     features_cli.add_command(sub)
+    ksweep.add_command(sub)
     return p
 
 
