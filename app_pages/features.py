@@ -2,17 +2,19 @@
 
 import streamlit as st
 
+from ui import clamp_set, clamp_views, state
 from ui import feature_views as fv
-from ui import state
 
 st.title("Features and the clamp set")
-lm, sae = state.require_model()
-clamp = state.clamp_state(sae)
+lm, sidebar_sae = state.require_model()
+clamp_set.clamp_state(lm, sidebar_sae)
 
 st.caption(
-    f"SAE `{sae.source}` at `{sae.hook_name}` · {sae.d_sae} features. Find candidate refusal features, look at "
-    "their cards, and add them to the clamp set used by Flips, Recovery and Attribution."
+    "Find candidate refusal features, look at their cards, and add them to the clamp set used by Flips, Recovery "
+    "and Attribution. A clamp set may span several SAEs (layers): pick the SAE to search below; each SAE has its row."
 )
+sae = clamp_views.search_sae(lm, sidebar_sae)
+st.caption(f"SAE `{sae.source}` at `{sae.hook_name}` (layer {sae.layer}) · {sae.d_sae} features.")
 
 if not state.presenter():
     tabs = st.tabs(["By contrast", "By prompt", "By index", "Neuronpedia search"])
@@ -21,9 +23,9 @@ if not state.presenter():
     with tabs[1]:
         fv.prompt_tab(lm, sae)
     with tabs[2]:
-        fv.index_tab(sae)
+        fv.index_tab(lm, sae)
     with tabs[3]:
-        fv.neuronpedia_tab(sae)
+        fv.neuronpedia_tab(lm, sae)
 
 st.divider()
 st.subheader("Feature card")
@@ -31,6 +33,6 @@ fv.feature_card_section(lm, sae)
 
 st.divider()
 st.subheader("Clamp set")
-fv.clamp_editor(sae)
+clamp_views.clamp_editor(lm, sidebar_sae)
 if not state.presenter():
-    fv.presets_section(sae)
+    clamp_views.presets_section(lm, sae)

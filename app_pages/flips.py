@@ -6,7 +6,7 @@ from engine.errors import LabError
 from engine.method.flips import write_flips_run
 from engine.services import jobs
 from engine.store import catalogue, labels
-from ui import render, state, views
+from ui import clamp_set, render, state, views
 
 st.title("Flips: does the clamp make the model refuse?")
 st.caption(
@@ -15,13 +15,20 @@ st.caption(
     "yellow badge: degenerate repetition)."
 )
 lm, sae = state.try_model()  # without a model, saved runs can still be read and labelled
-clamp = state.clamp_state(sae) if sae is not None else {"features": []}
-if sae is not None and clamp["features"]:
-    st.markdown(
-        f"**Clamp:** {len(clamp['features'])} features of `{sae.hook_name}`, mode **{clamp['mode']}** "
-        f"({clamp['origin']}) — features {', '.join(map(str, clamp['features'][:12]))}{' …' if len(clamp['features']) > 12 else ''}"
-    )
-elif sae is not None:
+rows = clamp_set.clamp_state(lm, sae)["rows"] if lm is not None else []
+clamp_error = None
+if lm is not None and rows:
+    try:
+        clamp_set.specs(lm)
+    except LabError as exc:
+        clamp_error = str(exc)
+    st.markdown(f"**Clamp set** ({clamp_set.clamp_state(lm, sae)['origin']}), all rows applied together:")
+    st.markdown("\n".join(f"- {line} — features {', '.join(map(str, r['features'][:12]))}{' …' if len(r['features']) > 12 else ''}"
+                          for line, r in zip(clamp_set.describe(rows), rows)))
+    if clamp_error:
+        st.error(f"The clamp set cannot be used: {clamp_error}")
+        st.page_link("app_pages/features.py", label="2 · Features and clamp →")
+elif lm is not None:
     st.warning("The clamp set is empty. Add features on the Features page first.")
     st.page_link("app_pages/features.py", label="2 · Features and clamp →")
 
@@ -31,10 +38,10 @@ if lm is not None and not state.presenter():
     with st.expander("New flips run", expanded=job is None or not job.running):
         prompts, settings = views.prompt_source_form()
         judge_cfg = views.judge_editor()
-        disabled = not clamp["features"] or not prompts or (job is not None and job.running)
+        disabled = not rows or clamp_error is not None or not prompts or (job is not None and job.running)
         if st.button("Run base vs clamped", type="primary", disabled=disabled, key="start_flips"):
             with state.shown_errors("cannot start"):
-                specs = state.clamp_specs(sae)
+                specs = clamp_set.specs(lm)
                 gen = views.generation_config(settings)
                 run_dir = catalogue.new_run_dir("flips")
                 model_name, _ = state.model_choice()

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from ui import state
+from ui import clamp_set, state
 
 st.title("Pick a model and an SAE")
 st.markdown(
@@ -31,11 +31,12 @@ with right:
         + (f" — [open]({url.rsplit('/', 1)[0]})" if url else "")
     )
 
-clamp = state.clamp_state(sae)
-if clamp["features"]:
+clamp = clamp_set.clamp_state(lm, sae)
+if clamp["rows"]:
+    n = sum(len(r["features"]) for r in clamp["rows"])
     st.success(
-        f"Clamp set ready: {len(clamp['features'])} features, mode **{clamp['mode']}** ({clamp['origin']}). "
-        "Next: check it on the Features page, or go straight to Flips."
+        f"Clamp set ready ({clamp['origin']}): {n} features in {len(clamp['rows'])} row{'s' if len(clamp['rows']) != 1 else ''}.  \n"
+        + "  \n".join(clamp_set.describe(clamp["rows"])) + "  \nNext: check it on the Features page, or go straight to Flips."
     )
 else:
     st.info("No clamp set yet: find refusal features on the Features page.")

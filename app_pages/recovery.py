@@ -7,14 +7,15 @@ from engine.recovery.driver import run_recovery
 from engine.recovery.sweep import run_sweep
 from engine.services import jobs
 from engine.store import catalogue
-from ui import charts, render, state
+from ui import charts, clamp_set, recovery_form, render, state
 from ui import recovery_views as rv
 
 st.title("Recovery: is the behaviour really gone?")
 st.caption(
     "With the clamp active, optimise a small perturbation δ of the residual stream so the model gives its own "
-    "base answer again. The encoder projection keeps the clamped features' pre-activations fixed, so a recovery "
-    "cannot come from simply turning the clamped features back down."
+    "base answer again. The encoder projection keeps the pre-activations of the clamped features at δ's layer fixed "
+    "(the jacobian projection also those of later layers), so a recovery cannot come from simply turning the "
+    "clamped features back down."
 )
 
 info = state.require_run("Run (its valid flips are recovered)", "rec_run", "flips.jsonl",
@@ -33,12 +34,19 @@ rec_job = state.attach_job("recovery_job", "recovery", run=name)
 sweep_job = state.attach_job("sweep_job", "sweep", run=name)
 active = next((j for j in (rec_job, sweep_job) if j is not None and j.running), None)
 
+specs = None
+if can_run and n_valid:
+    try:
+        specs = clamp_set.run_specs(lm, info.config)
+    except LabError as exc:
+        st.error(f"The clamp set of `{name}` cannot be loaded, so it cannot be recovered here: {exc}")
+
 form_cfg = None
 if n_valid == 0:
     st.warning("This run has no valid flips, so there is nothing to recover. Pick another run or make a stronger clamp.")
-elif can_run:
+elif specs is not None:
     with st.expander(f"Recover the {n_valid} valid flips of `{name}`", expanded=active is None and not info.has_recovery):
-        cfg, limit = rv.settings_form(n_valid)
+        cfg, limit, delta_layer = recovery_form.settings_form(n_valid, specs, lm.n_layers, name)
         form_cfg = cfg
         if st.button("Start recovery", type="primary", key="start_recovery", disabled=cfg is None or active is not None):
             run_dir = info.path
@@ -52,7 +60,7 @@ elif can_run:
                 j.set_progress(0, total, "preparing")
                 return run_recovery(run_dir, cfg, lm=lm, on_event=on_event, cancel=j.cancel, limit=limit)
 
-            job = jobs.start_job("recovery", work, meta={"run": name})
+            job = jobs.start_job("recovery", work, meta={"run": name, "delta_layer": delta_layer})
             state.remember_job("recovery_job", job)
             st.rerun()
 
@@ -60,7 +68,7 @@ ticking = active is not None
 if ticking:
     st.subheader(f"Live: {active.kind} of `{name}`")
 render.live_job(active, f"cancel_{active.kind}" if active else "cancel", "Stops within one optimisation step; finished prompts are kept.",
-                body=lambda j: rv.live_charts(j.events()))
+                body=lambda j: rv.live_charts(j.events(), delta_layer=j.meta.get("delta_layer")))
 
 for job in (rec_job, sweep_job):
     if job is not None and job.status == "failed" and not ticking:
@@ -80,6 +88,9 @@ if info.has_recovery and not (rec_job is not None and rec_job.running):
             f"({'per position' if cfg_used.get('budget_kind') == 'per_position' else 'whole matrix'}"
             f"{', relative to the median residual norm' if cfg_used.get('budget_relative') else ', absolute'}) · "
             f"{cfg_used.get('steps')} steps · lr {cfg_used.get('lr')} · δ at layer {cfg_used.get('delta_layer')}"
+            + (f" · drift penalty λ {cfg_used.get('effective_drift_penalty')} · basis {cfg_used.get('jacobian_basis')} "
+               f"({cfg_used.get('n_probes')} probes) · {cfg_used.get('correction_steps')} correction step(s)"
+               if cfg_used.get("projection") == "jacobian" else "")
         )
         rv.summary_metrics(info.recovery_summary)
     if records:
@@ -120,7 +131,7 @@ if c2.button("Start sweep", key="start_sweep", disabled=active is not None or fo
             j.set_progress(0, total, "sweeping")
             return run_sweep(run_dir, budgets, cfg, lm=lm, on_event=on_event, cancel=j.cancel)
 
-        job = jobs.start_job("sweep", sweep_work, meta={"run": name})
+        job = jobs.start_job("sweep", sweep_work, meta={"run": name, "delta_layer": form_cfg.delta_layer})
         state.remember_job("sweep_job", job)
         st.rerun()
 if info.sweeps:

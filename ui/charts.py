@@ -38,6 +38,43 @@ def metric_chart(df: pd.DataFrame, metric: str, title: str, height: int = 230, l
     )
 
 
+def layer_drift_frame(events: list[dict], delta_layer: int | None = None) -> pd.DataFrame:
+    """Per step and clamped layer: mean, min and max over prompts of ``drift_per_layer`` (answer positions)."""
+    from engine.errors import LabError
+    from engine.lm.saes import hook_layer
+
+    rows = [{"step": e["step"], "hook": h, "drift": v} for e in events for h, v in (e.get("drift_per_layer") or {}).items() if v is not None]
+    if not rows:
+        return pd.DataFrame(columns=["step", "hook", "layer", "layer_index", "mean", "min", "max", "prompts"])
+    df = pd.DataFrame(rows).groupby(["step", "hook"], as_index=False)["drift"].agg(["mean", "min", "max", "count"])
+    df = df.rename(columns={"count": "prompts"})
+
+    def index(hook: str) -> int:
+        try:
+            return hook_layer(hook)
+        except LabError:
+            return 10**6
+
+    df["layer_index"] = df["hook"].map(index)
+    df["layer"] = [hook if i == 10**6 else f"layer {i}" + (" (δ's layer)" if i == delta_layer else "") for hook, i in zip(df["hook"], df["layer_index"])]
+    return df
+
+
+def layer_drift_chart(df: pd.DataFrame, height: int = 230) -> alt.Chart:
+    """One line per clamped layer: the mean drift over prompts, with a band from the lowest to the highest prompt."""
+    order = df.drop_duplicates("layer").sort_values(["layer_index", "layer"])["layer"].tolist()
+    color = alt.Color("layer:N", title="clamped layer", sort=order, legend=alt.Legend(orient="bottom", columns=2, labelLimit=260))
+    base = alt.Chart(df, title="Drift per clamped layer (answer positions)").encode(
+        x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)), color=color)
+    band = base.mark_area(opacity=0.15).encode(y=alt.Y("min:Q", title="drift (mean over prompts; band: min–max)"), y2="max:Q")
+    line = base.mark_line(point=len(df) < 60).encode(
+        y="mean:Q",
+        tooltip=["layer", "hook", "step", alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("min:Q", format=".4g"),
+                 alt.Tooltip("max:Q", format=".4g"), "prompts"],
+    )
+    return (band + line).properties(height=height)
+
+
 def sweep_chart(rows: list[dict]) -> alt.Chart:
     """Recovery rate against budget, one line per metric, with Wilson 95 % intervals as error bars."""
     df = pd.DataFrame(rows or [], columns=["budget", "metric", "rate", "lo", "hi", "k", "n"])

@@ -1,4 +1,4 @@
-"""Page pieces for the Features page: search tabs, feature cards, the clamp editor and presets."""
+"""Page pieces for the Features page: search tabs and feature cards (the clamp editor and presets: ``ui.clamp_views``)."""
 
 from __future__ import annotations
 
@@ -8,32 +8,14 @@ import pandas as pd
 import streamlit as st
 
 from engine.errors import LabError
-from ui import state
+from ui import clamp_set, state
 
 logger = logging.getLogger(__name__)
 _PERSIST = {"persist_state": "session"}
 
 
-def _add_to_clamp(sae, new: list[int], values: list[float] | None, origin: str) -> None:
-    cur = state.clamp_state(sae)
-    feats, vals = list(cur["features"]), list(cur["values"])
-    default_value = vals[0] if vals else 1.0
-    if len(vals) < len(feats):
-        vals = vals + [default_value] * (len(feats) - len(vals))
-    for i, f in enumerate(new):
-        if not 0 <= int(f) < sae.d_sae:
-            raise LabError(f"feature {f} is out of range (this SAE has {sae.d_sae} features)")
-        value = float(values[i]) if values and i < len(values) else default_value
-        if int(f) in feats:
-            vals[feats.index(int(f))] = value
-        else:
-            feats.append(int(f))
-            vals.append(value)
-    state.set_clamp(sae, feats, cur["mode"], vals, origin if not cur["features"] else f"{cur['origin']} + {origin}")
-
-
-def _candidates_table(rows: list[dict], key: str, sae, origin: str, value_col: str | None) -> None:
-    """A table of candidate features with 'add the top N' to the clamp set."""
+def _candidates_table(rows: list[dict], key: str, lm, sae, origin: str, value_col: str | None) -> None:
+    """A table of candidate features with 'add the top N' to the clamp set (to the row of ``sae``)."""
     if not rows:
         return
     df = pd.DataFrame(rows)
@@ -44,11 +26,11 @@ def _candidates_table(rows: list[dict], key: str, sae, origin: str, value_col: s
                             help="set-mode value = this × the feature's activation in the search (e.g. 2× its mean on refusals)",
                             disabled=value_col is None)
     c3.write("")
-    if c3.button(f"Add the top {int(n)} to the clamp set", key=f"{key}_add"):
+    if c3.button(f"Add the top {int(n)} to the clamp set", key=f"{key}_add", help=f"Added to the row of {clamp_set.row_spec(sae)}"):
         top = rows[: int(n)]
         values = [float(scale) * float(r[value_col]) for r in top] if value_col else None
         try:
-            _add_to_clamp(sae, [int(r["feature"]) for r in top], values, origin)
+            clamp_set.add_features(lm, sae, [int(r["feature"]) for r in top], values, origin)
             st.success(f"Added {int(n)} features.")
         except LabError as exc:
             st.error(str(exc))
@@ -86,8 +68,8 @@ def contrast_tab(lm, sae) -> None:
         job = jobs.start_job("contrast", work, meta={"sae": sae.source})
         state.remember_job("contrast_job", job)
         st.rerun()
-    _job_result_fragment(job, "contrast_rows")
-    _candidates_table(st.session_state.get("contrast_rows") or [], "contrast", sae, "contrast", "refusal_mean")
+    _job_result_fragment(job, f"contrast_rows:{sae.source}")  # per SAE: indices of one SAE mean nothing in another
+    _candidates_table(st.session_state.get(f"contrast_rows:{sae.source}") or [], "contrast", lm, sae, "contrast", "refusal_mean")
 
 
 def _job_result_fragment(job, result_key: str) -> None:
@@ -122,14 +104,14 @@ def prompt_tab(lm, sae) -> None:
     if st.button("Find active features", key="prompt_go"):
         with state.shown_errors("search by prompt"), st.spinner("Reading SAE activations…"):
             hits = features_for_text(lm, sae, text, top_n=20, chat=chat)
-            st.session_state["prompt_rows"] = [
+            st.session_state[f"prompt_rows:{sae.source}"] = [
                 {"feature": h.feature, "max_activation": h.max_activation, "mean_activation": h.mean_activation,
                  "tokens_active": h.n_active, "strongest_on": h.top_token} for h in hits
             ]
-    _candidates_table(st.session_state.get("prompt_rows") or [], "prompt", sae, "prompt search", "max_activation")
+    _candidates_table(st.session_state.get(f"prompt_rows:{sae.source}") or [], "prompt", lm, sae, "prompt search", "max_activation")
 
 
-def index_tab(sae) -> None:
+def index_tab(lm, sae) -> None:
     st.markdown("Add features by number, with one value for all of them.")
     c1, c2 = st.columns([2, 1])
     text = c1.text_input("Feature indices", placeholder="e.g. 12, 40, 301", key="index_text")
@@ -139,7 +121,7 @@ def index_tab(sae) -> None:
 
         try:
             feats = parse_features(text or "")
-            _add_to_clamp(sae, feats, [float(value)] * len(feats), "by index")
+            clamp_set.add_features(lm, sae, feats, [float(value)] * len(feats), "by index")
             st.success(f"Added {len(feats)} features.")
         except LabError as exc:
             st.error(str(exc))
@@ -156,7 +138,7 @@ def _np_client():
     return NeuronpediaClient(api_key=key)
 
 
-def neuronpedia_tab(sae) -> None:
+def neuronpedia_tab(lm, sae) -> None:
     from engine.services.neuronpedia import split_neuronpedia_id
 
     st.markdown("Search feature explanations on [Neuronpedia](https://www.neuronpedia.org) by text (needs the internet).")
@@ -180,7 +162,7 @@ def neuronpedia_tab(sae) -> None:
     rows = st.session_state.get("np_rows") or []
     if rows:
         if sae.neuronpedia_id and np_id == sae.neuronpedia_id:
-            _candidates_table(rows, "np", sae, "Neuronpedia search", None)
+            _candidates_table(rows, "np", lm, sae, "Neuronpedia search", None)
         else:
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                          column_config={"link": st.column_config.LinkColumn("link")})
@@ -190,9 +172,10 @@ def neuronpedia_tab(sae) -> None:
 
 
 def feature_card_section(lm, sae) -> None:
-    clamp = state.clamp_state(sae)
+    spec = clamp_set.row_spec(sae)
+    row = next((r for r in clamp_set.clamp_state(lm, sae)["rows"] if r["sae"] == spec and r["features"]), None)
     c1, c2 = st.columns([1, 3])
-    default = clamp["features"][0] if clamp["features"] else 0
+    default = row["features"][0] if row else 0
     idx = int(c1.number_input("Feature", 0, sae.d_sae - 1, int(default), key="card_feature"))
     url = sae.neuronpedia_url(idx)
     if url:
@@ -257,74 +240,3 @@ def render_local_card(card) -> None:
     up = ", ".join(f"`{e.token.strip() or repr(e.token)}`" for e in card.top_logits)
     down = ", ".join(f"`{e.token.strip() or repr(e.token)}`" for e in card.bottom_logits)
     st.markdown(f"**Promotes:** {up}  \n**Suppresses:** {down}")
-
-
-# ------------------------------------------------------------------------------------------------ clamp set
-
-
-def clamp_editor(sae) -> None:
-    from engine.method.clamp import CLAMP_MODES
-
-    cur = state.clamp_state(sae)
-    if not cur["features"]:
-        st.info("The clamp set is empty: add features from a search above.")
-    mode = st.radio("Mode", CLAMP_MODES, index=CLAMP_MODES.index(cur["mode"]), horizontal=True, key=f"clamp_mode:{cur.get('version', 0)}",
-                    help="set: z_S := value · multiply: z_S := value × z_S · zero: z_S := 0")
-    vals = list(cur["values"]) + [1.0] * (len(cur["features"]) - len(cur["values"]))
-    df = pd.DataFrame({"feature": cur["features"], "value": vals[: len(cur["features"])]})
-    df["link"] = [sae.neuronpedia_url(f) or "" for f in cur["features"]]
-    edited = st.data_editor(
-        df, num_rows="dynamic", hide_index=True, width="stretch", key=f"clamp_table:{cur.get('version', 0)}",
-        column_config={"feature": st.column_config.NumberColumn("feature", min_value=0, max_value=sae.d_sae - 1, step=1),
-                       "value": st.column_config.NumberColumn("value", disabled=mode == "zero"),
-                       "link": st.column_config.LinkColumn("Neuronpedia", disabled=True)},
-    )
-    c1, c2, c3 = st.columns(3)
-    if c1.button("Apply changes", key="clamp_apply", type="primary"):
-        rows = edited.dropna(subset=["feature"])
-        try:
-            feats = [int(f) for f in rows["feature"]]
-            values = [float(v) if pd.notna(v) else 1.0 for v in rows["value"]]
-            from engine.method.clamp import ClampSpec
-
-            if feats:
-                ClampSpec(sae, feats, mode, values)  # validates
-            state.set_clamp(sae, feats, mode, values, "edited")
-            st.rerun()
-        except LabError as exc:
-            st.error(str(exc))
-    if c2.button("Clear the clamp set", key="clamp_clear"):
-        state.set_clamp(sae, [], cur["mode"], [], "empty")
-        st.rerun()
-    st.caption(f"{len(cur['features'])} features · mode **{cur['mode']}** · from: {cur['origin']}")
-
-
-def presets_section(sae) -> None:
-    from engine.method import presets
-    from engine.method.presets import load_preset, preset_path, save_preset
-
-    with st.expander("Presets: save and load clamp sets"):
-        shipped = preset_path(sae)
-        saved = presets.list_presets(sae.hook_name)
-        options = ([f"shipped: {shipped.name}"] if shipped else []) + [p.stem for p in saved]
-        if options:
-            choice = st.selectbox("Preset", options, key="preset_choice")
-            if st.button("Load preset", key="preset_load"):
-                path = shipped if choice.startswith("shipped:") else presets.presets_dir() / f"{choice}.json"
-                try:
-                    spec = load_preset(path, sae)
-                    origin = "the SAE's shipped preset" if choice.startswith("shipped:") else f"preset '{path.stem}'"
-                    state.set_clamp(sae, spec.features, spec.mode, spec.values, origin)
-                    st.rerun()
-                except LabError as exc:
-                    st.error(str(exc))
-        else:
-            st.caption("No presets for this hook yet.")
-        name = st.text_input("Save the current clamp set as", key="preset_name", placeholder="e.g. refusal-top10-x2")
-        if st.button("Save preset", key="preset_save"):
-            try:
-                spec = state.clamp_specs(sae)[0]
-                save_preset(presets.preset_file(name or ""), spec, note=f"saved from the dashboard, SAE {sae.source}")
-                st.success(f"Saved {presets.preset_file(name).name}.")
-            except LabError as exc:
-                st.error(str(exc))

@@ -1,4 +1,5 @@
-"""Page pieces for Recovery: the settings form, live charts, results and the budget sweep (presenter replay: ``ui.replay``)."""
+"""Page pieces for Recovery: live charts, results (per clamped layer too) and the budget sweep (the form: ``ui.recovery_form``;
+presenter replay: ``ui.replay``)."""
 
 from __future__ import annotations
 
@@ -6,53 +7,19 @@ import pandas as pd
 import streamlit as st
 
 from engine.errors import LabError
-from engine.recovery.config import RecoveryConfig
 from ui import charts, render
 
-_PERSIST = {"persist_state": "session"}
-PROJECTIONS = {"encoder": "encoder-orthogonal (defended features cannot move)", "none": "unconstrained baseline",
-               "jacobian": "cross-layer: δ below the clamp, ⟂ the Jacobian rows"}
 
-
-def settings_form(n_valid: int):
-    """The user's RecoveryConfig and flip limit (None with an error shown when the settings are invalid)."""
-    d = RecoveryConfig()
-    c1, c2, c3, c4 = st.columns(4)
-    projection = c1.selectbox("Projection", list(PROJECTIONS), format_func=lambda p: f"{p} — {PROJECTIONS[p]}", key="rec_projection", **_PERSIST)
-    budget_kind = c2.selectbox("Budget norm", ["per_position", "matrix"], index=["per_position", "matrix"].index(d.budget_kind),
-                               format_func=lambda k: {"per_position": "per position: every ‖δ_t‖ ≤ B", "matrix": "whole matrix: ‖δ‖_F ≤ B"}[k],
-                               key="rec_budget_kind", **_PERSIST)
-    relative = c3.toggle("B relative to the median residual norm", value=d.budget_relative, key="rec_relative", **_PERSIST,
-                         help="On: B is a fraction of the median ‖h‖ at δ's layer (position 0 excluded). Off: an absolute norm.")
-    budget = c4.number_input("Budget B", min_value=0.0001, value=float(d.budget), step=0.05, format="%.4f", key="rec_budget", **_PERSIST)
-    c1, c2, c3, c4 = st.columns(4)
-    steps = c1.number_input("Steps", 1, 2000, int(d.steps), key="rec_steps", **_PERSIST)
-    lr = c2.number_input("Learning rate", min_value=0.0001, value=float(d.lr), step=0.01, format="%.4f", key="rec_lr", **_PERSIST)
-    where = c3.selectbox("δ acts on", ["prompt+gen", "prompt"], index=["prompt+gen", "prompt"].index(d.where), key="rec_where", **_PERSIST,
-                         help="prompt: one row per prompt position; prompt+gen: plus one shared row at every answer position")
-    limit = c4.number_input("Valid flips to recover", 1, max(1, n_valid), max(1, n_valid), key="rec_limit")
-    with st.popover("More settings"):
-        method = st.selectbox("Method", ["delta", "soft-suffix"], key="rec_method", **_PERSIST)
-        boundary = st.number_input("Boundary steps (reward a non-refusal first token first)", 0, 2000, int(d.boundary_steps), key="rec_boundary", **_PERSIST)
-        answer_tokens = st.number_input("Answer tokens teacher-forced", 1, 512, int(d.answer_tokens), key="rec_answer_tokens", **_PERSIST)
-        max_new = st.number_input("Recovered answer length (tokens)", 1, 512, int(d.max_new_tokens), key="rec_max_new", **_PERSIST)
-        batch = st.number_input("Batch size", 1, 64, int(d.batch_size), key="rec_batch", **_PERSIST)
-        seed = st.number_input("Seed", 0, 2**31 - 1, int(d.seed), key="rec_seed", **_PERSIST)
-    try:
-        cfg = RecoveryConfig(projection=projection, method=method, where=where, budget=float(budget), budget_kind=budget_kind,
-                             budget_relative=bool(relative), steps=int(steps), boundary_steps=int(boundary), lr=float(lr),
-                             answer_tokens=int(answer_tokens), max_new_tokens=int(max_new), batch_size=int(batch), seed=int(seed))
-    except LabError as exc:
-        st.error(str(exc))
-        return None, None
-    return cfg, int(limit)
-
-
-def live_charts(events: list[dict], height: int = 230) -> None:
+def live_charts(events: list[dict], height: int = 230, delta_layer: int | None = None) -> None:
+    """Loss and pooled drift per prompt; with clamps at several layers, also the drift of each clamped layer."""
     df = charts.step_frame(events)
-    left, right = st.columns(2)
-    left.altair_chart(charts.metric_chart(df, "loss", "Loss per step", height), width="stretch")
-    right.altair_chart(charts.metric_chart(df, "drift", "Defended-feature drift per step", height), width="stretch")
+    layers = charts.layer_drift_frame(events, delta_layer)
+    multi = layers["layer"].nunique() > 1
+    cols = st.columns([1, 1, 1.2] if multi else 2)
+    cols[0].altair_chart(charts.metric_chart(df, "loss", "Loss per step", height), width="stretch")
+    cols[1].altair_chart(charts.metric_chart(df, "drift", "Drift of all clamped features (every position)", height), width="stretch")
+    if multi:
+        cols[2].altair_chart(charts.layer_drift_chart(layers, height), width="stretch")
 
 
 def history_events(records: list[dict], upto: int | None = None) -> list[dict]:
@@ -85,14 +52,64 @@ def summary_metrics(summary: dict) -> None:
     cols[0].metric("Mean drift of clamped features", f"{summary.get('mean_drift', 0):.4f}")
     cols[1].metric("Floor violation", f"{summary.get('mean_floor_violation', 0):.4f}")
     cols[2].metric("Relative ‖δ‖", f"{summary.get('mean_delta_rel_norm', 0):.3f}")
+    layer_summary(summary)
     if summary.get("cancelled"):
         st.warning("This recovery was cancelled; the numbers cover the flips it finished.")
 
 
+def _layer(hook: str) -> int | None:
+    from engine.lm.saes import hook_layer
+
+    try:
+        return hook_layer(hook)
+    except LabError:
+        return None
+
+
+def _layer_name(hook: str) -> str:
+    layer = _layer(hook)
+    return hook if layer is None else f"layer {layer}"
+
+
+def _by_layer(hook: str) -> tuple:
+    layer = _layer(hook)
+    return (layer is None, layer or 0, hook)
+
+
+def layer_rows(summary: dict) -> list[dict]:
+    """One row per clamped hook from ``recovery_summary.json``'s per-layer means (empty for older runs)."""
+    drift, floor = summary.get("drift_per_layer") or {}, summary.get("floor_violation_per_layer") or {}
+    every = summary.get("drift_per_layer_all_positions") or {}
+    delta_layer = (summary.get("config") or {}).get("delta_layer")
+    rows = []
+    for hook in sorted(set(drift) | set(floor) | set(every), key=_by_layer):
+        name = _layer_name(hook)
+        rows.append({"layer": name + (" (δ's layer)" if name == f"layer {delta_layer}" else ""), "hook": hook,
+                     "drift (answer positions)": drift.get(hook), "drift (every position)": every.get(hook),
+                     "floor violation (answer positions)": floor.get(hook)})
+    return rows
+
+
+def layer_summary(summary: dict) -> None:
+    """The per-layer drift and floor violation of the clamped features (means over the recovered prompts)."""
+    rows = layer_rows(summary)
+    if not rows:
+        return
+    st.markdown("**Per clamped layer** (means over the recovered prompts)")
+    fmt = {c: st.column_config.NumberColumn(c, format="%.4g") for c in rows[0] if c not in ("layer", "hook")}
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config=fmt)
+
+
 def results_table(records: list[dict]) -> None:
     cols = ["id", "prompt", "non_refusal", "base_like", "strict_base_like", "drift", "floor_violation", "delta_rel_norm", "best_step"]
-    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in records])
-    st.dataframe(df, hide_index=True, width="stretch")
+    hooks = sorted({h for r in records for h in (r.get("drift_per_layer") or {})}, key=_by_layer)
+    out = []
+    for r in records:
+        row = {c: r.get(c) for c in cols}
+        if len(hooks) > 1:
+            row.update({f"drift {_layer_name(h)} (answer)": (r.get("drift_per_layer") or {}).get(h) for h in hooks})
+        out.append(row)
+    st.dataframe(pd.DataFrame(out), hide_index=True, width="stretch")
 
 
 def _degenerate(reasons: list) -> bool:

@@ -1,4 +1,4 @@
-"""Session state, cached model/SAE loading, the clamp set, run selection and job re-attachment.
+"""Session state, cached model/SAE loading, run selection and job re-attachment (the clamp set: ``ui.clamp_set``).
 
 Models and SAEs are cached with ``st.cache_resource``: one object shared by every browser session. Clamp hooks
 are only ever attached inside ``engine.method.clamp.clamped`` (which holds the model's lock and always removes them),
@@ -102,6 +102,12 @@ def get_lm():
     return _load_model(name, device)
 
 
+def load_sae_spec(spec: str):
+    """The SAE ``spec`` for the chosen model, loaded once per process (a clamp set's rows name their SAEs so)."""
+    name, device = model_choice()
+    return _load_sae(spec, name, device)
+
+
 def get_sae():
     spec = sae_spec()
     if spec is None:
@@ -153,41 +159,6 @@ def shown_errors(what: str = "") -> Iterator[None]:
             st.error("Out of GPU memory: try fewer prompts, a smaller batch or a smaller model.")
         else:
             raise
-
-
-# ------------------------------------------------------------------------------------------------ clamp set
-
-
-def clamp_state(sae) -> dict:
-    """The session's clamp set for ``sae``: ``{features, mode, values, origin}``; starts from the SAE's preset."""
-    state = st.session_state.get("clamp")
-    if state is None or state.get("sae") != sae.source:
-        state = {"sae": sae.source, "features": [], "mode": "set", "values": [], "origin": "empty"}
-        from engine.method.presets import load_preset, preset_path
-
-        path = preset_path(sae)
-        if path is not None:
-            try:
-                spec = load_preset(path, sae)
-                state.update(features=spec.features, mode=spec.mode, values=spec.values, origin="the SAE's shipped preset")
-            except LabError as exc:
-                logger.warning("preset %s not usable: %s", path, exc)
-        st.session_state["clamp"] = state
-    return state
-
-
-def set_clamp(sae, features: list[int], mode: str, values: list[float], origin: str) -> None:
-    version = int((st.session_state.get("clamp") or {}).get("version", 0)) + 1
-    st.session_state["clamp"] = {"sae": sae.source, "features": [int(f) for f in features], "mode": mode,
-                                 "values": [float(v) for v in values], "origin": origin, "version": version}
-
-
-def clamp_specs(sae) -> list:
-    """The clamp as engine ClampSpecs (raises LabError when the set is empty or invalid)."""
-    from engine.method.clamp import ClampSpec
-
-    state = clamp_state(sae)
-    return [ClampSpec(sae, state["features"], state["mode"], state["values"])]
 
 
 # ------------------------------------------------------------------------------------------------ runs

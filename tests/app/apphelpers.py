@@ -31,6 +31,11 @@ def problems(at) -> list[str]:
     return [str(e.value) for e in at.exception] + [str(e.value) for e in at.error]
 
 
+def clamp_rows(at) -> list[dict]:
+    """The session's clamp set as engine rows (without the editor's row ids)."""
+    return [{k: r[k] for k in ("sae", "features", "mode", "values")} for r in at.session_state["clamp"]["rows"]]
+
+
 def wait_job(kind: str, timeout: float = 120):
     from engine.services import jobs
 
@@ -40,13 +45,20 @@ def wait_job(kind: str, timeout: float = 120):
     return job
 
 
-def make_flips_run(data: Path, name: str = "tiny-run", n: int = 3, valid: bool = True) -> Path:
+TWO_LAYER_CLAMPS = [
+    {"sae": "tiny:blocks.1.hook_resid_post", "hook": "blocks.1.hook_resid_post", "features": [1, 2, 3], "mode": "set", "values": [5.0]},
+    {"sae": "tiny:blocks.2.hook_resid_post", "hook": "blocks.2.hook_resid_post", "features": [4, 5], "mode": "multiply", "values": [3.0]},
+]
+"""A clamp set over two layers of the tiny model (rows as a run's config.json holds them)."""
+
+
+def make_flips_run(data: Path, name: str = "tiny-run", n: int = 3, valid: bool = True, clamps: list[dict] | None = None) -> Path:
     """A flips run of the tiny model with hand-made valid flips (a random model never refuses by itself)."""
     run = data / "runs" / name
     run.mkdir(parents=True)
     clamp = {"sae": "tiny", "hook": "blocks.1.hook_resid_post", "features": [1, 2, 3], "mode": "set", "values": [5.0, 5.0, 5.0]}
     config = {"command": "flips", "model": "tiny", "model_id": "tiny", "sae": "tiny", "device": "cpu", "seed": 0,
-              "max_new_tokens": 4, "batch_size": 4, "clamps": [clamp], "judge": None, "created": time.time()}
+              "max_new_tokens": 4, "batch_size": 4, "clamps": clamps or [clamp], "judge": None, "created": time.time()}
     (run / "config.json").write_text(json.dumps(config))
     from engine.method.judge import judge
 
@@ -65,13 +77,13 @@ def make_flips_run(data: Path, name: str = "tiny-run", n: int = 3, valid: bool =
     return run
 
 
-def add_recovery(run: Path, steps: int = 2) -> dict:
+def add_recovery(run: Path, steps: int = 2, **settings) -> dict:
     """Real recovery on the tiny model (few steps, short answers) so recovery/attribution files exist."""
     from engine.lm.loading import load_model
     from engine.recovery.config import RecoveryConfig
     from engine.recovery.driver import run_recovery
 
-    cfg = RecoveryConfig(steps=steps, max_new_tokens=4, answer_tokens=8)
+    cfg = RecoveryConfig(steps=steps, max_new_tokens=4, answer_tokens=8, **settings)
     return run_recovery(run, cfg, lm=load_model("tiny", "cpu"))
 
 

@@ -9,7 +9,17 @@ import pytest
 from engine.method import presets
 from engine.services import jobs
 from engine.store import catalogue, labels
-from tests.app.apphelpers import PAGES, add_attribution_records, add_recovery, goto, make_flips_run, new_app, problems, wait_job
+from tests.app.apphelpers import (
+    PAGES,
+    add_attribution_records,
+    add_recovery,
+    clamp_rows,
+    goto,
+    make_flips_run,
+    new_app,
+    problems,
+    wait_job,
+)
 
 
 def test_smoke_every_page(app, lab_env):
@@ -56,8 +66,7 @@ def test_features_add_by_index_edit_and_presets(app):
     app.text_input(key="index_text").input("1, 2, 3")
     app.number_input(key="index_value").set_value(4.0)
     app.button(key="index_add").click().run()
-    clamp = app.session_state["clamp"]
-    assert clamp["features"] == [1, 2, 3] and clamp["values"] == [4.0, 4.0, 4.0]
+    assert clamp_rows(app) == [{"sae": "tiny:blocks.1.hook_resid_post", "features": [1, 2, 3], "mode": "set", "values": [4.0, 4.0, 4.0]}]
     app.text_input(key="index_text").input("1, 999")
     app.button(key="index_add").click().run()
     assert any("out of range" in e.value for e in app.error)
@@ -65,10 +74,10 @@ def test_features_add_by_index_edit_and_presets(app):
     app.button(key="preset_save").click().run()
     assert presets.preset_file("my-preset").is_file()
     app.button(key="clamp_clear").click().run()
-    assert app.session_state["clamp"]["features"] == []
-    app.selectbox(key="preset_choice").set_value("my-preset")
+    assert clamp_rows(app) == []
+    app.selectbox(key="preset_choice").set_value("my-preset (layer 1)")
     app.button(key="preset_load").click().run()
-    assert app.session_state["clamp"]["features"] == [1, 2, 3]
+    assert [r["features"] for r in clamp_rows(app)] == [[1, 2, 3]]
     assert not app.exception
 
 
@@ -80,13 +89,13 @@ def test_features_contrast_job_prompt_search_and_card(app):
     job = wait_job("contrast")
     assert job.status == "done", job.error
     app.run()
-    rows = app.session_state["contrast_rows"]
+    rows = app.session_state["contrast_rows:tiny"]
     assert rows and {"feature", "diff", "refusal_mean"} <= set(rows[0])
     app.number_input(key="contrast_n").set_value(2)
     app.button(key="contrast_add").click().run()
-    assert app.session_state["clamp"]["features"] == [r["feature"] for r in rows[:2]]
+    assert [r["features"] for r in clamp_rows(app)] == [[r["feature"] for r in rows[:2]]]
     app.button(key="prompt_go").click().run()
-    assert app.session_state["prompt_rows"]
+    assert app.session_state["prompt_rows:tiny"]
     app.button(key="card_go").click().run()
     assert any("corpus tokens" in m.value for m in app.markdown)
     assert not problems(app)
@@ -226,7 +235,8 @@ def test_recovery_page_explains_a_failed_job(lab_env, monkeypatch):
     at = new_app()
     at.session_state["run"] = "tiny-run"
     goto(at, "recovery")
-    (lab_env / "runs" / "tiny-run" / "config.json").write_text("{broken")  # the run breaks after the page was drawn
+    with (lab_env / "runs" / "tiny-run" / "flips.jsonl").open("a") as fh:  # the run breaks after the page was drawn
+        fh.write("{broken\n")
     at.number_input(key="rec_steps").set_value(2)
     at.button(key="start_recovery").click().run()
     job = wait_job("recovery")

@@ -1,0 +1,179 @@
+"""Clamp sets over several SAEs (layers) in the dashboard, on the tiny model: the Features editor and presets, a
+flips run with the whole set, and cross-layer (jacobian) recovery with per-layer drift."""
+
+from __future__ import annotations
+
+import json
+
+from engine.services import jobs
+from engine.store import catalogue
+from tests.app.apphelpers import TWO_LAYER_CLAMPS, add_recovery, clamp_rows, goto, make_flips_run, new_app, problems, wait_job
+
+L1, L2 = "tiny:blocks.1.hook_resid_post", "tiny:blocks.2.hook_resid_post"
+
+
+def _search_in(at, spec: str) -> None:
+    next(s for s in at.selectbox if s.key.startswith("search_sae:")).set_value(spec).run()
+
+
+def _add_by_index(at, text: str, value: float = 5.0) -> None:
+    at.text_input(key="index_text").input(text)
+    at.number_input(key="index_value").set_value(value)
+    at.button(key="index_add").click().run()
+
+
+def _two_layer_set(at) -> None:
+    goto(at, "features")
+    _add_by_index(at, "1, 2, 3")  # the sidebar SAE: the tiny SAE at layer 1
+    _search_in(at, L2)
+    _add_by_index(at, "4, 5", 2.0)
+
+
+def test_search_results_go_to_the_row_of_the_searched_sae(app):
+    _two_layer_set(app)
+    assert not problems(app)
+    assert clamp_rows(app) == [{"sae": L1, "features": [1, 2, 3], "mode": "set", "values": [5.0] * 3},
+                               {"sae": L2, "features": [4, 5], "mode": "set", "values": [2.0, 2.0]}]
+    captions = [c.value for c in app.caption]
+    assert any(c.startswith("#0 · layer 1 · " + L1) for c in captions) and any(c.startswith("#1 · layer 2 · " + L2) for c in captions)
+    # More features for layer 1 join its row, not a new one.
+    _search_in(app, L1)
+    _add_by_index(app, "7")
+    assert [r["features"] for r in clamp_rows(app)] == [[1, 2, 3, 7], [4, 5]]
+    # Per-row editing: the mode of row #1 becomes multiply, applied through the engine's checks.
+    rid = app.session_state["clamp"]["rows"][1]["id"]
+    version = app.session_state["clamp"]["version"]
+    app.radio(key=f"clamp_mode:{version}:{rid}").set_value("multiply")
+    app.button(key="clamp_apply").click().run()
+    assert not problems(app)
+    assert [r["mode"] for r in clamp_rows(app)] == ["set", "multiply"]
+
+
+def test_an_empty_row_and_an_empty_set_are_refused_with_a_page_message(app):
+    _two_layer_set(app)
+    app.selectbox(key="clamp_new_sae").set_value("tiny:blocks.3.hook_resid_post")
+    app.button(key="clamp_add_row").click().run()
+    assert len(clamp_rows(app)) == 3
+    app.button(key="clamp_apply").click().run()
+    assert any("row #2 (layer 3 · tiny:blocks.3.hook_resid_post) has no features" in e.value for e in app.error)
+    # The flips page will not start with it either, and says why.
+    goto(app, "flips")
+    assert any("has no features" in e.value for e in app.error)
+    assert app.button(key="start_flips").disabled
+    goto(app, "features")
+    app.button(key=f"clamp_remove:{app.session_state['clamp']['rows'][2]['id']}").click().run()
+    assert [r["sae"] for r in clamp_rows(app)] == [L1, L2] and not problems(app)
+    app.button(key="clamp_clear").click().run()
+    app.text_input(key="preset_name").input("nothing")
+    app.button(key="preset_save").click().run()
+    assert any("The clamp set is empty" in e.value for e in app.error)
+
+
+def test_presets_save_the_whole_set_in_the_cli_format_and_load_it_back(app, lab_env):
+    from engine.lm.loading import load_model
+    from engine.method.clamp_sets import load_clamp_set, read_clamp_file
+
+    _two_layer_set(app)
+    app.text_input(key="preset_name").input("two layers")
+    app.button(key="preset_save").click().run()
+    assert not problems(app)
+    # `flips --clamp preset:two-layers` reads it: both layers, each SAE named so it reloads.
+    rows, meta = read_clamp_file("preset:two-layers")
+    specs = load_clamp_set(load_model("tiny", "cpu"), rows)
+    assert [(s.hook_name, s.features) for s in specs] == [("blocks.1.hook_resid_post", [1, 2, 3]), ("blocks.2.hook_resid_post", [4, 5])]
+    app.button(key="clamp_clear").click().run()
+    app.selectbox(key="preset_choice").set_value("two-layers (layers 1, 2)")
+    app.button(key="preset_load").click().run()
+    assert [(r["sae"], r["features"]) for r in clamp_rows(app)] == [(L1, [1, 2, 3]), (L2, [4, 5])]
+    # Adding the same preset again would clamp feature 1 of layer 1 twice: refused, the set is unchanged.
+    app.button(key="preset_add").click().run()
+    assert any("clamped twice" in e.value for e in app.error)
+    assert len(clamp_rows(app)) == 2
+    # A hand-written preset with a bad value or an out-of-range feature is refused with the row named.
+    bad = {"clamps": [{"sae": L2, "features": [1], "mode": "set", "values": [float("inf")]}]}
+    (lab_env / "presets" / "bad-value.json").write_text(json.dumps(bad))
+    far = {"clamps": [{"sae": L1, "features": [999], "mode": "zero", "values": []}]}
+    (lab_env / "presets" / "far.json").write_text(json.dumps(far))
+    app.run()
+    for label, message in (("bad-value (layer 2)", "finite"), ("far (layer 1)", "out of range")):
+        app.selectbox(key="preset_choice").set_value(label)
+        app.button(key="preset_load").click().run()
+        assert any("row #0" in e.value and message in e.value for e in app.error), [e.value for e in app.error]
+        assert len(clamp_rows(app)) == 2
+    assert not app.exception
+
+
+def test_flips_lists_every_row_and_runs_with_the_whole_set(app):
+    _two_layer_set(app)
+    goto(app, "flips")
+    text = " ".join(m.value for m in app.markdown)
+    assert "#0 · layer 1 · " + L1 + " · 3 features" in text and "#1 · layer 2 · " + L2 + " · 2 features" in text
+    app.radio(key="flips_source").set_value("Type prompts").run()
+    app.text_area(key="flips_typed").input("hello\nwhat is rain?").run()
+    app.number_input(key="flips_max_new").set_value(4)
+    app.button(key="start_flips").click().run()
+    job = wait_job("flips")
+    assert job.status == "done", job.error
+    app.run()
+    assert not problems(app)
+    clamps = catalogue.get_run(app.session_state["run"]).config["clamps"]
+    assert [(c["hook"], c["features"]) for c in clamps] == [("blocks.1.hook_resid_post", [1, 2, 3]), ("blocks.2.hook_resid_post", [4, 5])]
+
+
+def test_recovery_form_checks_projection_and_delta_layer_before_a_job(lab_env):
+    make_flips_run(lab_env, "two-layer", n=2, clamps=TWO_LAYER_CLAMPS)
+    at = new_app()
+    at.session_state["run"] = "two-layer"
+    goto(at, "recovery")
+    assert not problems(at)
+    assert at.selectbox(key="rec_projection").value == "jacobian"  # the run clamps two layers
+    assert at.number_input(key="rec_delta_layer:two-layer").value == 1  # the lowest clamp
+    assert not at.button(key="start_recovery").disabled
+    at.selectbox(key="rec_projection").set_value("encoder").run()
+    assert any("protects only the clamps at δ's layer (1)" in e.value and "layer 2 above it" in e.value for e in at.error)
+    assert at.button(key="start_recovery").disabled
+    at.selectbox(key="rec_projection").set_value("jacobian").run()
+    at.number_input(key="rec_delta_layer:two-layer").set_value(2).run()
+    assert any("pick a layer from 0 to 1" in e.value for e in at.error)
+    assert not any("--" in e.value for e in at.error)  # worded for the page, not as command-line flags
+    assert at.button(key="start_recovery").disabled
+    at.number_input(key="rec_delta_layer:two-layer").set_value(0).run()
+    assert not problems(at) and not at.button(key="start_recovery").disabled
+    assert jobs.latest_job("recovery") is None
+
+
+def _layer_chart(at) -> bool:
+    return any("Drift per clamped layer" in c.proto.spec for c in at.get("vega_lite_chart"))
+
+
+def test_jacobian_recovery_draws_one_drift_line_per_layer_and_per_layer_results(lab_env):
+    make_flips_run(lab_env, "two-layer", n=2, clamps=TWO_LAYER_CLAMPS)
+    at = new_app()
+    at.session_state["run"] = "two-layer"
+    goto(at, "recovery")
+    at.number_input(key="rec_steps").set_value(2000)
+    at.number_input(key="rec_probes").set_value(2)
+    at.number_input(key="rec_corr_steps").set_value(1)
+    at.button(key="start_recovery").click().run()
+    job = jobs.latest_job("recovery", run="two-layer")
+    while job.running and job.n_events < 4:
+        job.wait(0.2)
+    at.run()  # the live fragment draws from the job's events
+    assert job.running and _layer_chart(at)
+    from ui import charts
+
+    frame = charts.layer_drift_frame(job.events(), delta_layer=1)
+    assert set(frame["layer"]) == {"layer 1 (δ's layer)", "layer 2"}
+    job.request_cancel()
+    assert job.wait(60)
+    # A finished jacobian run: the per-layer means of recovery_summary.json, δ's layer marked.
+    add_recovery(lab_env / "runs" / "two-layer", steps=2, projection="jacobian", n_probes=2, correction_steps=1)
+    at.run()
+    assert not problems(at)
+    table = next(d.value for d in at.dataframe if "drift (answer positions)" in d.value.columns)
+    assert list(table["layer"]) == ["layer 1 (δ's layer)", "layer 2"]
+    summary = catalogue.get_run("two-layer").recovery_summary
+    assert list(table["drift (answer positions)"]) == [summary["drift_per_layer"][h] for h in table["hook"]]
+    assert any("jacobian" in c.value and "correction step" in c.value for c in at.caption)
+    per_prompt = next(d.value for d in at.dataframe if "id" in d.value.columns)
+    assert {"drift layer 1 (answer)", "drift layer 2 (answer)"} <= set(per_prompt.columns)
