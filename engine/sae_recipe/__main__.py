@@ -1,12 +1,16 @@
-"""``python -m engine.sae_recipe train|verify``: reproduce the shipped default SAEs offline, or check their hashes.
+"""``python -m engine.sae_recipe train|preset-multi|verify``: reproduce the shipped default SAEs offline, choose the
+multi-layer preset, or check their hashes.
 
     python -m engine.sae_recipe train [--hook H ...] [--tokens N] [--out DIR] [--work DIR]
+    python -m engine.sae_recipe preset-multi [--ks-15 K,..] [--alphas-15 A,..] [--ks-20 K,..] [--alphas-20 A,..]
+                                             [--extra K15:A15:K20:A20,..] [--candidates contrast|direction] [--out DIR]
     python -m engine.sae_recipe verify [--out DIR]
 
 ``train`` builds the chat corpus, collects activations once for all hooks, trains one TopK SAE per hook, serves it
 as JumpReLU, chooses its clamp preset by measurement and writes each sae_lens folder plus ``manifest.json``.
 Intermediate results (own answers, activations) are cached in ``--work`` so a rerun with the same settings skips
-them. On 2 CPU cores the whole recipe takes about 20 minutes.
+them. On 2 CPU cores the whole recipe takes about 20 minutes. ``preset-multi`` measures a grid of clamps over both
+shipped SAEs and writes ``presets/default-multi.json`` (``engine.sae_recipe.multi_preset``).
 """
 
 from __future__ import annotations
@@ -134,6 +138,60 @@ def cmd_train(args) -> dict:
     return {"written": str(out), "saes": manifest["saes"], "seconds": manifest["total_seconds_last_run"]}
 
 
+def cmd_preset_multi(args) -> dict:
+    from engine.lm.loading import load_model
+    from engine.lm.sae_sources import load_sae
+    from engine.sae_recipe.corpus import CorpusConfig, split_prompts
+    from engine.sae_recipe.multi_preset import HIGH, LOW, NAME, MultiPresetConfig, choose_multi_preset
+
+    def numbers(text: str | None, cast):
+        try:
+            return tuple(cast(v) for v in text.split(",") if v.strip()) if text else None
+        except ValueError:
+            raise LabError(f"expected comma-separated numbers, got {text!r}") from None
+
+    grid = {name: numbers(getattr(args, name), int if name.startswith("ks") else float)
+            for name in ("ks_15", "alphas_15", "ks_20", "alphas_20")}
+    extra = []
+    for item in (args.extra or "").split(","):
+        if item.strip():
+            parts = item.split(":")
+            try:
+                extra.append((int(parts[0]), float(parts[1]), int(parts[2]), float(parts[3])))
+            except (ValueError, IndexError):
+                raise LabError(f"--extra takes K15:A15:K20:A20 settings separated by commas, got {item!r}") from None
+            if len(parts) != 4:
+                raise LabError(f"--extra takes K15:A15:K20:A20 settings separated by commas, got {item!r}")
+    cfg = MultiPresetConfig(**{k: v for k, v in grid.items() if v is not None}, extra=tuple(extra), candidates=args.candidates)
+    out = Path(args.out)
+    for hook in (LOW, HIGH):
+        if not (out / hook / "cfg.json").is_file():
+            raise LabError(f"no shipped SAE at {out / hook}; train it first")
+    t0 = time.time()
+    lm = load_model("default", "cpu")
+    saes = {}
+    for hook in (LOW, HIGH):
+        saes[hook] = load_sae(str(out / hook), lm)
+        saes[hook].source = f"default:{hook}"
+    validation = split_prompts(CorpusConfig())["heldout"]["harmless"]
+    preset = choose_multi_preset(lm, saes, validation, cfg, work=Path(args.work))
+    command = "python -m engine.sae_recipe preset-multi " + " ".join(sys.argv[2:])
+    preset["command"] = command.strip()
+    (out / "presets").mkdir(exist_ok=True)
+    path = out / "presets" / f"{NAME}.json"
+    path.write_text(json.dumps(preset, indent=2))
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    setting = {k: preset[k] for k in ("k_15", "alpha_15", "k_20", "alpha_20")}
+    manifest.setdefault("presets", {})[NAME] = {**setting, "candidates": cfg.candidates, "grid": cfg.to_json(),
+                                                "command": preset["command"]}
+    manifest["files"] = _file_hashes(out)
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    best = next(g for g in preset["selection"]["grid"] if all(g[k] == v for k, v in setting.items()))
+    return {"written": str(path), **setting, "fluent_refusals": best["fluent_refusals"], "degenerate": best["degenerate"],
+            "n": best["n"], "ablation": preset["selection"]["ablation"], "seconds": round(time.time() - t0, 1)}
+
+
 FLOORS = {"explained_variance_min": 0.7, "l0_min": 16, "l0_max": 64, "dead_fraction_max": 0.5}
 """Quality floors of a shipped SAE on held-out activations (checked by tests/test_default_sae.py)."""
 
@@ -170,12 +228,22 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--ks", default=None, help="preset grid: numbers of features K, e.g. 15,20")
     t.add_argument("--alphas", default=None, help="preset grid: value multipliers α, e.g. 4,5")
+    m = sub.add_parser("preset-multi", help="choose the multi-layer preset (layers 15 and 20) by measurement")
+    m.add_argument("--ks-15", dest="ks_15", default=None, help="grid: layer-15 feature counts, e.g. 10,15")
+    m.add_argument("--alphas-15", dest="alphas_15", default=None, help="grid: layer-15 multipliers, e.g. 3,4")
+    m.add_argument("--ks-20", dest="ks_20", default=None, help="grid: layer-20 feature counts, e.g. 10,20")
+    m.add_argument("--alphas-20", dest="alphas_20", default=None, help="grid: layer-20 multipliers, e.g. 2,3")
+    m.add_argument("--extra", default=None, help="settings measured besides the grid, K15:A15:K20:A20 separated by commas, e.g. 15:3.5:5:2")
+    m.add_argument("--candidates", default="contrast", choices=["contrast", "direction"],
+                   help="contrast rows of each preset.json (default) or the layer-15 direction search")
+    m.add_argument("--out", default=str(DEFAULT_SAE_DIR), help="folder of the shipped SAEs (presets/ and manifest.json are written there)")
+    m.add_argument("--work", default="/tmp/sae-lab-default", help="cache of measured settings")
     v = sub.add_parser("verify", help="check the shipped files against manifest.json")
     v.add_argument("--out", default=str(DEFAULT_SAE_DIR))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        result = (cmd_train if args.command == "train" else cmd_verify)(args)
+        result = {"train": cmd_train, "preset-multi": cmd_preset_multi, "verify": cmd_verify}[args.command](args)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

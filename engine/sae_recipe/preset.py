@@ -49,10 +49,12 @@ def encode_all(sae: LoadedSAE, x: Tensor, chunk: int = 4096) -> Tensor:
         return torch.cat([sae.encode(x[s : s + chunk]) for s in range(0, x.shape[0], chunk)])
 
 
-def measure(lm: LoadedModel, spec: ClampSpec, prompts: Sequence[str], cfg: PresetConfig) -> dict:
-    """Fluent / degenerate refusals of the clamped model on ``prompts``, with two example texts."""
+def measure(lm: LoadedModel, spec: ClampSpec | Sequence[ClampSpec], prompts: Sequence[str], cfg: PresetConfig) -> dict:
+    """Fluent / degenerate refusals of the clamped model on ``prompts`` (one clamp or a clamp set across layers), with
+    two example texts and every text (``texts``)."""
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-    texts = [g.text for g in generate(lm, list(prompts), gen, specs=[spec])]
+    specs = [spec] if isinstance(spec, ClampSpec) else list(spec)
+    texts = [g.text for g in generate(lm, list(prompts), gen, specs=specs)]
     verdicts = [judge(t) for t in texts]
     return {
         "refusals": sum(v.refusal for v in verdicts),
@@ -60,6 +62,7 @@ def measure(lm: LoadedModel, spec: ClampSpec, prompts: Sequence[str], cfg: Prese
         "degenerate": sum(v.degenerate for v in verdicts),
         "n": len(texts),
         "examples": texts[:2],
+        "texts": texts,
     }
 
 
@@ -79,7 +82,8 @@ def choose_preset(
         for alpha in cfg.alphas:
             t0 = time.time()
             spec = ClampSpec(sae, feats, "set", [alpha * rows[i].refusal_mean for i in range(k)])
-            result = {"k": k, "alpha": alpha, **measure(lm, spec, validation, cfg)}
+            measured = measure(lm, spec, validation, cfg)
+            result = {"k": k, "alpha": alpha, **{key: v for key, v in measured.items() if key != "texts"}}
             grid.append(result)
             logger.info("preset grid K=%d α=%.1f: %d fluent refusals, %d degenerate of %d (%.0f s)", k, alpha,
                         result["fluent_refusals"], result["degenerate"], result["n"], time.time() - t0)
