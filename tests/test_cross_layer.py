@@ -109,9 +109,13 @@ def test_adaptive_basis_spans_the_constraint_so_a_projected_step_leaves_later_fe
     adaptive_cfg = dataclasses.replace(probes_cfg, jacobian_basis="adaptive", max_probes=400, probe_tol=0.001)
     fixed_rate, fixed_used = moved(probes_cfg)
     adaptive_rate, adaptive_used = moved(adaptive_cfg)
+    exact_rate, exact_used = moved(dataclasses.replace(probes_cfg, jacobian_basis="exact"))
     assert fixed_used == 9 and adaptive_used > fixed_used
     assert fixed_rate > 1e-2  # 9 probes leave most of the constraint's row space in the step
     assert adaptive_rate < 0.1 * fixed_rate, (adaptive_rate, fixed_rate, adaptive_used)
+    # every row of J: |S₂| features × the pooled positions of the longest prompt; first order holds to ~1e-3
+    assert exact_used == len(obj.later_cols) * int(problem.pooled.sum(1).max())
+    assert exact_rate < 0.01 * fixed_rate, (exact_rate, fixed_rate)
 
 
 def test_drift_penalty_is_in_the_loss(tiny_lm, two_layer_specs, flips):

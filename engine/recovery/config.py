@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -13,7 +14,7 @@ Projection = Literal["encoder", "none", "jacobian"]
 Method = Literal["delta", "soft-suffix"]
 Where = Literal["prompt", "prompt+gen"]
 BudgetKind = Literal["per_position", "matrix"]
-JacobianBasis = Literal["probes", "adaptive"]
+JacobianBasis = Literal["probes", "adaptive", "exact"]
 
 
 @dataclass
@@ -54,9 +55,14 @@ class RecoveryConfig:
     drift_penalty: float | None = None
     """λ of the drift penalty λ·‖Δz‖²/‖z_def‖² over the clamps above δ, added to the loss with its gradient
     unprojected. None: 200 (the paper's λ_act) with ``jacobian``, 0 otherwise."""
+    later_encoder_prior: bool = False
+    """``jacobian``: also keep δ orthogonal to the later clamps' encoder columns W_enc(ℓ₂)[:, S₂]. The residual stream
+    carries δ to their layer unchanged, so this removes the direct path exactly; the probes, the penalty and the
+    corrections handle what the blocks in between add (a stronger variant than the paper's)."""
     jacobian_basis: JacobianBasis = "probes"
     """``jacobian``: ``probes``: n_probes random probes + the drift probe (the paper's 8 + 1); ``adaptive``: add blocks
-    of n_probes until a new block adds less than probe_tol of its energy outside the basis (up to max_probes)."""
+    of n_probes until a new block adds less than probe_tol of its energy outside the basis (up to max_probes);
+    ``exact``: every row of the Jacobian from batched VJPs (|S|·T of them per estimate)."""
     n_probes: int = 8
     """``jacobian``: random probes per estimate (per block, for ``adaptive``) of the row space of ∂z_S(later)/∂δ."""
     max_probes: int = 64
@@ -99,8 +105,8 @@ class RecoveryConfig:
             raise LabError(f"steps must be at least 1, got {self.steps}")
         if not 0 <= self.boundary_steps <= self.steps:
             raise LabError(f"boundary steps must be between 0 and steps ({self.steps}), got {self.boundary_steps}")
-        if self.jacobian_basis not in ("probes", "adaptive"):
-            raise LabError(f"unknown Jacobian basis {self.jacobian_basis!r}; choose probes or adaptive")
+        if self.jacobian_basis not in typing.get_args(JacobianBasis):
+            raise LabError(f"unknown Jacobian basis {self.jacobian_basis!r}; choose probes, adaptive or exact")
         if self.drift_penalty is not None and not (math.isfinite(self.drift_penalty) and self.drift_penalty >= 0):
             raise LabError(f"drift penalty must be a finite number ≥ 0, got {self.drift_penalty}")
         if self.correction_steps < 0:

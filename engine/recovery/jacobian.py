@@ -11,7 +11,9 @@ Two ways to choose the probes (``RecoveryConfig.jacobian_basis``):
 * ``probes``: ``n_probes`` random probes + the drift probe, as the paper does (8 + 1);
 * ``adaptive``: blocks of ``n_probes`` random probes are added until a new block adds little, i.e. the share of its
   VJPs' energy outside the current basis falls below ``probe_tol``, or ``max_probes`` is reached. This spans the
-  constraint's effective rank instead of a fixed low-rank stand-in for P⊥ = I − Jᵀ(JJᵀ)†J.
+  constraint's effective rank instead of a fixed low-rank stand-in for P⊥ = I − Jᵀ(JJᵀ)†J;
+* ``exact``: every row of J (one per later clamped feature and pooled position), from batched VJPs
+  (``is_grads_batched``, in chunks), so P⊥ is exact to first order. Costly: one estimate is |S|·T VJPs.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def jacobian_basis(objective: DeltaObjective, rows: Tensor, gen: Tensor | None, 
     def random_probes(n: int) -> list[Tensor]:
         return [torch.randn(shape, generator=generator).to(z.device) for _ in range(n)]
 
+    if cfg.jacobian_basis == "exact":
+        return exact_rows(objective, rows_, gen_, z)
     adaptive = cfg.jacobian_basis == "adaptive"
     collected = _vjps(objective, rows_, gen_, [drift_probe, *random_probes(cfg.n_probes)], z, keep_graph=adaptive)
     used = cfg.n_probes + 1
@@ -81,6 +85,41 @@ def jacobian_basis(objective: DeltaObjective, rows: Tensor, gen: Tensor | None, 
         if float(share.max()) < cfg.probe_tol:
             break
     return orthonormal_basis(collected), used
+
+
+def exact_rows(objective: DeltaObjective, rows: Tensor, gen: Tensor | None, z: Tensor,
+               chunk: int = 64) -> tuple[Float[Tensor, "batch dim k"], int]:
+    """An orthonormal basis of J's full row space: one VJP per (later feature, pooled position), batched.
+
+    Prompts in a batch are independent, so the k-th one-hot output of every prompt is asked for at once: row k of each
+    prompt's J comes out of one batched backward.
+    """
+    params = [rows] + ([gen] if gen is not None else [])
+    cols = objective.later_cols
+    zl = z[..., cols]  # [batch, pos, n_later]
+    pooled = objective.problem.pooled
+    n, width, m = zl.shape
+    # the k-th output entry of prompt b: its k-th (position, feature) pair among its pooled positions
+    index = [[(int(t), c) for t in torch.nonzero(pooled[b]).flatten() for c in range(m)] for b in range(n)]
+    total = max(len(ix) for ix in index)
+    vecs: list[Tensor] = []
+    for start in range(0, total, chunk):
+        ks = range(start, min(start + chunk, total))
+        outs = torch.zeros((len(ks), n, width, m), device=zl.device, dtype=zl.dtype)
+        for j, k in enumerate(ks):
+            for b in range(n):
+                if k < len(index[b]):
+                    t, c = index[b][k]
+                    outs[j, b, t, c] = 1.0
+        retain = start + chunk < total
+        grads = torch.autograd.grad(zl, params, grad_outputs=outs, is_grads_batched=True, retain_graph=retain, allow_unused=True)
+        g_rows = grads[0] * objective.problem.prompt_rows[None, ..., None]  # [chunk, batch, pos, d]
+        g_gen = grads[1] if gen is not None else None
+        flat = g_rows.reshape(len(ks), n, -1)
+        if g_gen is not None:
+            flat = torch.cat([flat, g_gen], dim=-1)
+        vecs.append(flat.transpose(0, 1))  # [batch, chunk, dim]
+    return orthonormal_basis(torch.cat(vecs, dim=1)), total
 
 
 def project_out(basis: Tensor, rows_grad: Tensor, gen_grad: Tensor | None) -> None:

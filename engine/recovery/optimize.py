@@ -55,9 +55,10 @@ def check_projection(objective: DeltaObjective, cfg: RecoveryConfig) -> EncoderP
                            "use --projection jacobian (encoder at δ's layer + the Jacobian above) or --projection none")
         if not objective.same_layer:
             raise LabError("encoder projection needs a clamp at δ's layer; use --projection jacobian for a lower δ layer")
-    if cfg.projection in ("encoder", "jacobian") and objective.same_layer:
-        return EncoderProjector(objective.same_layer)
-    return None
+    held = list(objective.same_layer) if cfg.projection in ("encoder", "jacobian") else []
+    if cfg.projection == "jacobian" and cfg.later_encoder_prior:
+        held += objective.suffix_specs  # the direct residual path to the later clamps, removed exactly
+    return EncoderProjector(held) if held else None
 
 
 def optimize_delta(
