@@ -55,6 +55,10 @@ class RecoveryConfig:
     drift_penalty: float | None = None
     """λ of the drift penalty λ·‖Δz‖²/‖z_def‖² over the clamps above δ, added to the loss with its gradient
     unprojected. None: 200 (the paper's λ_act) with ``jacobian``, 0 otherwise."""
+    constraint_positions: Literal["all", "answer"] = "all"
+    """Positions whose drift the constraint holds (the penalty, the Jacobian basis, the corrections and keep-best's
+    threshold): ``all`` non-sink positions, prompt and answer (stricter), or ``answer`` positions only (the paper's
+    pooling). Every drift is reported both ways whatever this is."""
     later_encoder_prior: bool = False
     """``jacobian``: also keep δ orthogonal to the later clamps' encoder columns W_enc(ℓ₂)[:, S₂]. The residual stream
     carries δ to their layer unchanged, so this removes the direct path exactly; the probes, the penalty and the
@@ -107,6 +111,8 @@ class RecoveryConfig:
             raise LabError(f"boundary steps must be between 0 and steps ({self.steps}), got {self.boundary_steps}")
         if self.jacobian_basis not in typing.get_args(JacobianBasis):
             raise LabError(f"unknown Jacobian basis {self.jacobian_basis!r}; choose probes, adaptive or exact")
+        if self.constraint_positions not in ("all", "answer"):
+            raise LabError(f"unknown constraint positions {self.constraint_positions!r}; choose all or answer")
         if self.drift_penalty is not None and not (math.isfinite(self.drift_penalty) and self.drift_penalty >= 0):
             raise LabError(f"drift penalty must be a finite number ≥ 0, got {self.drift_penalty}")
         if self.correction_steps < 0:

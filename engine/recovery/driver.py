@@ -78,7 +78,7 @@ def recover_flips(
         chunk = list(flips[start : start + cfg.batch_size])
         with torch.enable_grad():  # worker threads start with the thread-local grad mode off in some callers
             problem = build_problem(lm, specs, chunk, cfg.answer_tokens, layer)
-            objective = DeltaObjective(lm, specs, problem)
+            objective = DeltaObjective(lm, specs, problem, cfg.constraint_positions)
             h_norms = problem.h_def.norm(dim=-1)  # [batch, pos]
             median = torch.stack([h_norms[b][problem.pooled[b]].median() for b in range(len(chunk))])
             budget = cfg.budget * median if cfg.budget_relative else torch.full_like(median, cfg.budget)

@@ -61,7 +61,7 @@ def jacobian_basis(objective: DeltaObjective, rows: Tensor, gen: Tensor | None, 
     """An orthonormal basis of (an estimate of) the row space of J, and the number of probes it took."""
     rows_ = rows.detach().requires_grad_(True)
     gen_ = gen.detach().requires_grad_(True) if gen is not None else None
-    z = objective.evaluate_z(rows_, gen_).z
+    z = objective.evaluate_z(rows_, gen_).z * objective.constrained[..., None]
     cols = objective.later_cols
     shape = z[..., cols].shape
     drift_probe = (z[..., cols] - objective.z_def[..., cols]).detach()
@@ -97,9 +97,9 @@ def exact_rows(objective: DeltaObjective, rows: Tensor, gen: Tensor | None, z: T
     params = [rows] + ([gen] if gen is not None else [])
     cols = objective.later_cols
     zl = z[..., cols]  # [batch, pos, n_later]
-    pooled = objective.problem.pooled
+    pooled = objective.constrained
     n, width, m = zl.shape
-    # the k-th output entry of prompt b: its k-th (position, feature) pair among its pooled positions
+    # the k-th output entry of prompt b: its k-th (position, feature) pair among its constrained positions
     index = [[(int(t), c) for t in torch.nonzero(pooled[b]).flatten() for c in range(m)] for b in range(n)]
     total = max(len(ix) for ix in index)
     vecs: list[Tensor] = []

@@ -40,8 +40,10 @@ class Evaluation:
 class DeltaObjective:
     """Forward passes of one :class:`Problem` at a given δ, and the defended reference ``z_def``."""
 
-    def __init__(self, lm: LoadedModel, specs: Sequence[ClampSpec], problem: Problem):
+    def __init__(self, lm: LoadedModel, specs: Sequence[ClampSpec], problem: Problem, constrained: str = "all"):
         self.lm, self.problem = lm, problem
+        self.constrained: Bool[Tensor, "batch pos"] = problem.answer_rows if constrained == "answer" else problem.pooled
+        """Positions whose later-clamp drift the penalty, the Jacobian basis, the corrections and keep-best look at."""
         prefix, self.suffix_specs = split_specs(specs, problem.delta_layer)
         hook = delta_hook(problem.delta_layer)
         self.same_layer = [s for s in prefix if s.hook_name == hook]
@@ -117,10 +119,15 @@ class DeltaObjective:
         return answer_weight * nll
 
     def relative_drift_sq(self, z: Float[Tensor, "batch pos n_defended"]) -> Float[Tensor, " batch"]:
-        """‖Δz‖² / ‖z_def‖² over the clamps above δ (pooled positions): the paper's drift penalty term."""
-        cols = self.later_cols
-        dz = (z[..., cols] - self.z_def[..., cols]).flatten(1).pow(2).sum(1)
-        return dz / (self.z_def[..., cols].flatten(1).pow(2).sum(1) + metrics.EPS)
+        """‖Δz‖² / ‖z_def‖² over the clamps above δ at the constrained positions: the paper's drift penalty term."""
+        cols, mask = self.later_cols, self.constrained[..., None]
+        dz = ((z[..., cols] - self.z_def[..., cols]) * mask).flatten(1).pow(2).sum(1)
+        return dz / ((self.z_def[..., cols] * mask).flatten(1).pow(2).sum(1) + metrics.EPS)
+
+    def constrained_drift(self, z: Float[Tensor, "batch pos n_defended"]) -> Float[Tensor, " batch"]:
+        """Drift of every defended feature at the constrained positions (what keep-best's threshold reads)."""
+        mask = self.constrained[..., None]
+        return metrics.drift(z * mask, self.z_def * mask)
 
     def drift_by_layer(self, z: Float[Tensor, "batch pos n_defended"], rows: Bool[Tensor, "batch pos"] | None = None) -> dict[str, Tensor]:
         """Per hook: drift ``[batch]`` over ``rows`` (default: the pooled positions, i.e. every non-sink position)."""

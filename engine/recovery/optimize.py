@@ -107,6 +107,7 @@ def optimize_delta(
         with torch.no_grad():
             z = ev.z.detach()
             dr = metrics.drift(z, objective.z_def)
+            kept_dr = objective.constrained_drift(z)
             fv = metrics.floor_violation(z, objective.z_def)
             by_layer = objective.drift_by_layer(z, p.answer_rows)
             norms = _norms(objective, rows, gen)
@@ -124,7 +125,7 @@ def optimize_delta(
                 any_rows[b] = rows[b].detach()
                 if any_gen is not None:
                     any_gen[b] = gen[b].detach()  # type: ignore[index]
-            if eligible and float(dr[b]) <= cfg.effective_drift_threshold and loss_b < best_loss[b]:
+            if eligible and float(kept_dr[b]) <= cfg.effective_drift_threshold and loss_b < best_loss[b]:
                 best_loss[b], best_step[b] = loss_b, step
                 best_rows[b] = rows[b].detach()
                 if best_gen is not None:
