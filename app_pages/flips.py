@@ -80,6 +80,8 @@ if not ticking:
     except LabError as exc:
         st.error(str(exc))
         st.stop()
+    if info.config.get("clamps"):
+        st.caption(f"Clamps of this run: {clamp_set.run_clamps_text(info.config)}")
     views.flip_summary(info.summary, records)
     if records:
         tab_label, tab_all = st.tabs(["Hand labels (valid flips)", "All prompts"])

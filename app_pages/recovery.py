@@ -55,7 +55,7 @@ elif specs is not None:
             def work(j: jobs.Job, cfg=cfg, limit=limit, run_dir=run_dir, total=total):
                 def on_event(ev) -> None:
                     j.log(ev)
-                    j.set_progress(min(j.n_events, total), total)
+                    j.set_progress(min(j.n_events, total), total, f"· prompt #{ev.prompt_id}, step {ev.step}")
 
                 j.set_progress(0, total, "preparing")
                 return run_recovery(run_dir, cfg, lm=lm, on_event=on_event, cancel=j.cancel, limit=limit)
@@ -96,6 +96,9 @@ if info.has_recovery and not (rec_job is not None and rec_job.running):
     if records:
         if not ticking:
             rv.live_charts(rv.history_events(records))
+            if len(rv.layer_rows(info.recovery_summary or {})) > 1:
+                st.caption("recovery.jsonl keeps the pooled drift per step and each prompt's final drift per layer (the "
+                           "table above and the columns below); the drift of each layer per step is drawn live only.")
         rv.results_table(records)
         ids = [r["id"] for r in records]
         pick = st.selectbox("Texts of prompt", ids, format_func=lambda i: f"#{i}", key="rec_pick")

@@ -63,10 +63,13 @@ def layer_drift_frame(events: list[dict], delta_layer: int | None = None) -> pd.
 def layer_drift_chart(df: pd.DataFrame, height: int = 230) -> alt.Chart:
     """One line per clamped layer: the mean drift over prompts, with a band from the lowest to the highest prompt."""
     order = df.drop_duplicates("layer").sort_values(["layer_index", "layer"])["layer"].tolist()
-    color = alt.Color("layer:N", title="clamped layer", sort=order, legend=alt.Legend(orient="bottom", columns=2, labelLimit=260))
-    base = alt.Chart(df, title="Drift per clamped layer (answer positions)").encode(
+    # Distinct hues (the theme's default blues are hard to tell apart); legend on the right and a short y title like
+    # the other charts: Streamlit fits the whole chart into ``height``, so a bottom legend or a long title squeezes the plot.
+    color = alt.Color("layer:N", title="clamped layer", sort=order, scale=alt.Scale(scheme="tableau10"),
+                      legend=alt.Legend(labelLimit=200, symbolType="stroke", symbolStrokeWidth=3, symbolOpacity=1))
+    base = alt.Chart(df, title="Drift per clamped layer").encode(
         x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)), color=color)
-    band = base.mark_area(opacity=0.15).encode(y=alt.Y("min:Q", title="drift (mean over prompts; band: min–max)"), y2="max:Q")
+    band = base.mark_area(opacity=0.15).encode(y=alt.Y("min:Q", title="drift"), y2="max:Q")
     line = base.mark_line(point=len(df) < 60).encode(
         y="mean:Q",
         tooltip=["layer", "hook", "step", alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("min:Q", format=".4g"),

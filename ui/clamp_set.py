@@ -205,6 +205,16 @@ def describe(rows: list[dict]) -> list[str]:
     return [f"#{i} · {sae_label(r['sae'])} · {len(r['features'])} features · mode **{r['mode']}**" for i, r in enumerate(rows)]
 
 
+def run_clamps_text(config: dict) -> str:
+    """A run's clamp set in one line, from its ``config.json`` rows (no SAE is loaded)."""
+    parts = []
+    for r in config.get("clamps") or []:
+        hook = r.get("hook") or spec_hook(str(r.get("sae", "")))
+        layer = layer_of(hook)
+        parts.append(f"{'layer ' + str(layer) if layer is not None else r.get('sae')} · {len(r.get('features') or [])} features · {r.get('mode')}")
+    return "; ".join(parts)
+
+
 # ------------------------------------------------------------------------------------------------ presets
 
 

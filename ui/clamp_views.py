@@ -16,8 +16,9 @@ MODE_HELP = "set: z_S := value · multiply: z_S := value × z_S · zero: z_S := 
 def search_sae(lm, sidebar_sae):
     """The SAE the search tabs, the feature card and every 'add' work on: the sidebar's, or another one of this model."""
     options = clamp_set.sae_options(lm, sidebar_sae)
-    choice = st.selectbox("Search and add features in", options, format_func=clamp_set.sae_label, key=f"search_sae:{options[0]}",
-                          help="Features found here are added to this SAE's row of the clamp set. The sidebar picks the default.")
+    left, _ = st.columns([2, 3])
+    choice = left.selectbox("Search and add features in", options, format_func=clamp_set.sae_label, key=f"search_sae:{options[0]}",
+                            help="Features found here are added to this SAE's row of the clamp set. The sidebar picks the default.")
     if choice == options[0]:
         return sidebar_sae
     try:
@@ -122,7 +123,9 @@ def presets_section(lm, sae) -> None:
                     if add:
                         rows = clamp_set.engine_rows(cur["rows"]) + rows
                     clamp_set.specs(lm, rows)
-                    name = "the SAE's shipped preset" if kind == "single" and choice.startswith("shipped:") else f"preset '{path.stem}'"
+                    shipped = choice.startswith("shipped:")
+                    name = "the SAE's shipped preset" if kind == "single" and shipped else \
+                        f"{'shipped ' if shipped else ''}preset '{path.stem}'"
                     clamp_set.set_rows(lm, rows, f"{cur['origin']} + {name}" if add and cur["rows"] else name)
                     st.rerun()
                 except LabError as exc:

@@ -8,9 +8,15 @@ from engine.errors import LabError
 from engine.recovery.config import RecoveryConfig
 
 _PERSIST = {"persist_state": "session"}
-PROJECTIONS = {"encoder": "encoder-orthogonal: protects only the clamps at δ's layer",
-               "none": "unconstrained baseline",
-               "jacobian": "cross-layer: encoder at δ's layer + the Jacobian of the clamps above"}
+PROJECTIONS = {"encoder": "encoder", "none": "none (unconstrained)", "jacobian": "jacobian (cross-layer)"}
+PROJECTION_TEXT = {
+    "encoder": "**encoder**: δ ⟂ the encoder rows of the clamped features at δ's layer, so those cannot move. It protects "
+               "only the clamps at δ's layer: a run that clamps later layers needs jacobian.",
+    "none": "**none**: the unconstrained baseline; the clamped features may move (their drift is what it reports).",
+    "jacobian": "**jacobian**: the encoder projection at δ's layer, plus the Jacobian rows of the clamps above δ removed "
+                "from the recovery gradient, an unprojected drift penalty λ·‖Δz‖²/‖z_def‖² over those clamps, and a few "
+                "drift-correcting steps after every step (the paper's cross-layer scheme).",
+}
 
 
 def clamp_layers(specs) -> list[int]:
@@ -36,24 +42,22 @@ def projection_problem(cfg: RecoveryConfig, layers: list[int], delta_layer: int)
     return None
 
 
-def _jacobian_settings(d: RecoveryConfig) -> dict:
-    """The cross-layer settings (shown with the jacobian projection only)."""
-    st.caption("**Cross-layer (jacobian):** the recovery gradient is projected away from the Jacobian rows of the clamps "
-               "above δ (estimated with random probes); a drift penalty λ·‖Δz‖²/‖z_def‖² over those clamps is added "
-               "unprojected; a few drift-correcting steps follow every step.")
-    c1, c2, c3, c4 = st.columns(4)
+def _jacobian_settings(d: RecoveryConfig, box, more) -> dict:
+    """The cross-layer settings (shown with the jacobian projection only) in ``box``; the rarer ones in the popover
+    ``more``."""
+    c1, c2, c3, c4 = box.columns(4)
     out = {
         "drift_penalty": c1.number_input("Drift penalty λ", min_value=0.0, value=200.0, step=10.0, key="rec_drift_penalty", **_PERSIST,
                                          help="λ of λ·‖Δz‖²/‖z_def‖² over the clamps above δ (the paper: 200)"),
         "jacobian_basis": c2.selectbox("Jacobian basis", ["probes", "adaptive"], key="rec_basis", **_PERSIST,
-                                       format_func={"probes": "probes: a fixed number + the drift probe",
-                                                    "adaptive": "adaptive: add probes until a block adds little"}.get),
+                                       help="probes: a fixed number of random probes + the drift probe (the paper). "
+                                            "adaptive: add blocks of probes until a new block adds little."),
         "n_probes": c3.number_input("Probes", 1, 512, int(d.n_probes), key="rec_probes", **_PERSIST,
                                     help="Random probes per estimate of the Jacobian rows (per block, for adaptive). The paper: 8."),
         "correction_steps": c4.number_input("Correction steps", 0, 100, int(d.correction_steps), key="rec_corr_steps", **_PERSIST,
                                             help="Drift-correcting steps after every step (the paper: 5)."),
     }
-    with st.popover("More cross-layer settings"):
+    with more:
         out["max_probes"] = st.number_input("Most probes (adaptive)", 1, 4096, int(d.max_probes), key="rec_max_probes", **_PERSIST)
         out["probe_tol"] = st.number_input("Stop adding probes below this share (adaptive)", 0.001, 0.999, float(d.probe_tol), 0.01,
                                            format="%.3f", key="rec_probe_tol", **_PERSIST)
@@ -73,9 +77,7 @@ def settings_form(n_valid: int, specs, n_layers: int, run: str):
     lowest = layers[0]
     c1, c2, c3, c4 = st.columns(4)
     projection = c1.selectbox("Projection", list(PROJECTIONS), index=2 if len(layers) > 1 else 0, key="rec_projection", **_PERSIST,
-                              format_func=lambda p: f"{p} — {PROJECTIONS[p]}",
-                              help="encoder: δ ⟂ the encoder rows of the clamped features at δ's layer, so those cannot move; "
-                                   "clamps at later layers are not protected by it. jacobian adds them.")
+                              format_func=PROJECTIONS.get, help=" ".join(PROJECTION_TEXT.values()))
     budget_kind = c2.selectbox("Budget norm", ["per_position", "matrix"], index=["per_position", "matrix"].index(d.budget_kind),
                                format_func=lambda k: {"per_position": "per position: every ‖δ_t‖ ≤ B", "matrix": "whole matrix: ‖δ‖_F ≤ B"}[k],
                                key="rec_budget_kind", **_PERSIST)
@@ -92,10 +94,11 @@ def settings_form(n_valid: int, specs, n_layers: int, run: str):
     delta_layer = c1.number_input(f"δ layer (0–{lowest})", 0, n_layers - 1, lowest, key=f"rec_delta_layer:{run}",
                                   help=f"The layer whose resid_post carries δ: at or below the lowest clamped layer ({lowest}). "
                                        f"Default: {lowest}, where an SAE is, so attribution can split δ.")
-    c2.caption(f"This run clamps layer{'s' if len(layers) > 1 else ''} **{', '.join(map(str, layers))}**"
-               + (" — the encoder projection protects only those at δ's layer; use jacobian for the others." if len(layers) > 1 else "."))
-    cross = _jacobian_settings(d) if projection == "jacobian" else {}
-    with st.popover("More settings"):
+    c2.caption(f"This run clamps layer{'s' if len(layers) > 1 else ''} **{', '.join(map(str, layers))}**. " + PROJECTION_TEXT[projection])
+    box = st.container()
+    p1, p2, _ = st.columns([1, 1.4, 3])
+    cross = _jacobian_settings(d, box, p2.popover("More cross-layer settings")) if projection == "jacobian" else {}
+    with p1.popover("More settings"):
         method = st.selectbox("Method", ["delta", "soft-suffix"], key="rec_method", **_PERSIST)
         boundary = st.number_input("Boundary steps (reward a non-refusal first token first)", 0, 2000, int(d.boundary_steps), key="rec_boundary", **_PERSIST)
         answer_tokens = st.number_input("Answer tokens teacher-forced", 1, 512, int(d.answer_tokens), key="rec_answer_tokens", **_PERSIST)

@@ -17,9 +17,11 @@ def live_charts(events: list[dict], height: int = 230, delta_layer: int | None =
     multi = layers["layer"].nunique() > 1
     cols = st.columns([1, 1, 1.2] if multi else 2)
     cols[0].altair_chart(charts.metric_chart(df, "loss", "Loss per step", height), width="stretch")
-    cols[1].altair_chart(charts.metric_chart(df, "drift", "Drift of all clamped features (every position)", height), width="stretch")
+    cols[1].altair_chart(charts.metric_chart(df, "drift", "Drift, all clamped features", height), width="stretch")
     if multi:
         cols[2].altair_chart(charts.layer_drift_chart(layers, height), width="stretch")
+        cols[2].caption("Per clamped layer, over the answer positions. Line: the mean over prompts; band: the lowest to the "
+                        "highest prompt. The middle chart pools every clamped feature over every position.")
 
 
 def history_events(records: list[dict], upto: int | None = None) -> list[dict]:
@@ -49,8 +51,9 @@ def summary_metrics(summary: dict) -> None:
         col.metric(title, f"{summary.get(key, 0):.0%}")
         col.caption(_ci_text(summary, ci))
     cols = st.columns(3)
-    cols[0].metric("Mean drift of clamped features", f"{summary.get('mean_drift', 0):.4f}")
-    cols[1].metric("Floor violation", f"{summary.get('mean_floor_violation', 0):.4f}")
+    cols[0].metric("Mean drift of clamped features", f"{summary.get('mean_drift', 0):.4f}",
+                   help="All clamped features of every layer together, over every position (prompt and answer).")
+    cols[1].metric("Floor violation", f"{summary.get('mean_floor_violation', 0):.4f}", help="All clamped features together.")
     cols[2].metric("Relative ‖δ‖", f"{summary.get('mean_delta_rel_norm', 0):.3f}")
     layer_summary(summary)
     if summary.get("cancelled"):

@@ -118,6 +118,8 @@ def test_flips_lists_every_row_and_runs_with_the_whole_set(app):
     assert not problems(app)
     clamps = catalogue.get_run(app.session_state["run"]).config["clamps"]
     assert [(c["hook"], c["features"]) for c in clamps] == [("blocks.1.hook_resid_post", [1, 2, 3]), ("blocks.2.hook_resid_post", [4, 5])]
+    # The saved run says which clamps it was made with.
+    assert any("Clamps of this run: layer 1 · 3 features · set; layer 2 · 2 features · set" in c.value for c in app.caption)
 
 
 def test_recovery_form_checks_projection_and_delta_layer_before_a_job(lab_env):
