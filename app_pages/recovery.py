@@ -90,6 +90,8 @@ if info.has_recovery and not (rec_job is not None and rec_job.running):
             f"{cfg_used.get('steps')} steps · lr {cfg_used.get('lr')} · δ at layer {cfg_used.get('delta_layer')}"
             + (f" · drift penalty λ {cfg_used.get('effective_drift_penalty')} · basis {cfg_used.get('jacobian_basis')} "
                f"({cfg_used.get('n_probes')} probes) · {cfg_used.get('correction_steps')} correction step(s)"
+               f" · later drift held over {cfg_used.get('constraint_positions', 'all')} positions"
+               + (" · δ ⟂ the later encoder rows" if cfg_used.get("later_encoder_prior") else "")
                if cfg_used.get("projection") == "jacobian" else "")
         )
         rv.summary_metrics(info.recovery_summary)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import streamlit as st
 
 from engine.errors import LabError
@@ -42,6 +44,11 @@ def projection_problem(cfg: RecoveryConfig, layers: list[int], delta_layer: int)
     return None
 
 
+def _choices(name: str) -> list[str]:
+    """The allowed values of a ``RecoveryConfig`` field, read from its type (so the form follows the engine)."""
+    return list(typing.get_args(typing.get_type_hints(RecoveryConfig)[name]))
+
+
 def _jacobian_settings(d: RecoveryConfig, box, more) -> dict:
     """The cross-layer settings (shown with the jacobian projection only) in ``box``; the rarer ones in the popover
     ``more``."""
@@ -49,9 +56,10 @@ def _jacobian_settings(d: RecoveryConfig, box, more) -> dict:
     out = {
         "drift_penalty": c1.number_input("Drift penalty λ", min_value=0.0, value=200.0, step=10.0, key="rec_drift_penalty", **_PERSIST,
                                          help="λ of λ·‖Δz‖²/‖z_def‖² over the clamps above δ (the paper: 200)"),
-        "jacobian_basis": c2.selectbox("Jacobian basis", ["probes", "adaptive"], key="rec_basis", **_PERSIST,
+        "jacobian_basis": c2.selectbox("Jacobian basis", _choices("jacobian_basis"), key="rec_basis", **_PERSIST,
                                        help="probes: a fixed number of random probes + the drift probe (the paper). "
-                                            "adaptive: add blocks of probes until a new block adds little."),
+                                            "adaptive: add blocks of probes until a new block adds little. "
+                                            "exact: every row of the Jacobian (slow: one backward pass per feature and position)."),
         "n_probes": c3.number_input("Probes", 1, 512, int(d.n_probes), key="rec_probes", **_PERSIST,
                                     help="Random probes per estimate of the Jacobian rows (per block, for adaptive). The paper: 8."),
         "correction_steps": c4.number_input("Correction steps", 0, 100, int(d.correction_steps), key="rec_corr_steps", **_PERSIST,
@@ -64,6 +72,15 @@ def _jacobian_settings(d: RecoveryConfig, box, more) -> dict:
         out["probe_every"] = st.number_input("Re-estimate the rows every … steps", 1, 2000, int(d.probe_every), key="rec_probe_every", **_PERSIST)
         out["correction_lr"] = st.number_input("Correction learning rate", 0.0001, 10.0, float(d.correction_lr), 0.01, format="%.4f",
                                                key="rec_corr_lr", **_PERSIST)
+        out["constraint_positions"] = st.selectbox(
+            "Hold the later clamps' drift over", _choices("constraint_positions"), key="rec_constraint_positions", **_PERSIST,
+            format_func={"all": "every position (prompt and answer; stricter)", "answer": "answer positions (the paper)"}.get,
+            help="The positions the penalty, the Jacobian rows, the corrections and the keep-best threshold look at. "
+                 "Drift is reported both ways either way.")
+        out["later_encoder_prior"] = st.toggle(
+            "Also keep δ ⟂ the later clamps' encoder rows", value=bool(d.later_encoder_prior), key="rec_later_encoder", **_PERSIST,
+            help="Removes the direct path of δ to the later clamps exactly; the probes, penalty and corrections handle "
+                 "what the blocks in between add (stronger than the paper's scheme).")
     return out
 
 
