@@ -124,6 +124,7 @@ def test_flips_lists_every_row_and_runs_with_the_whole_set(app):
 
 def test_recovery_form_checks_projection_and_delta_layer_before_a_job(lab_env):
     make_flips_run(lab_env, "two-layer", n=2, clamps=TWO_LAYER_CLAMPS)
+    before = jobs.latest_job("recovery")  # the registry is process-wide: earlier tests' jobs are still listed
     at = new_app()
     at.session_state["run"] = "two-layer"
     goto(at, "recovery")
@@ -141,7 +142,7 @@ def test_recovery_form_checks_projection_and_delta_layer_before_a_job(lab_env):
     assert at.button(key="start_recovery").disabled
     at.number_input(key="rec_delta_layer:two-layer").set_value(0).run()
     assert not problems(at) and not at.button(key="start_recovery").disabled
-    assert jobs.latest_job("recovery") is None
+    assert jobs.latest_job("recovery") is before  # no job was started
 
 
 def _layer_chart(at) -> bool:
