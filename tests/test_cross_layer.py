@@ -69,7 +69,7 @@ def test_encoder_at_delta_layer_holds_it_while_the_later_layer_moves(tiny_lm, tw
 
 
 def test_encoder_projection_is_refused_with_clamps_above_delta(tiny_lm, two_layer_specs, flips):
-    with pytest.raises(LabError, match="--projection jacobian"):
+    with pytest.raises(LabError, match="choose the jacobian projection"):
         _solve(tiny_lm, two_layer_specs, flips, dataclasses.replace(BASE, projection="encoder"))
 
 
@@ -153,6 +153,7 @@ def test_recovery_records_and_summary_carry_per_layer_figures(tiny_lm, two_layer
     results = [r.to_json() for r, _ in recover_flips(tiny_lm, two_layer_specs, flips[:2], cfg)]
     for r in results:
         assert set(r["drift_per_layer"]) == set(r["drift_per_layer_all_positions"]) == set(r["floor_violation_per_layer"]) == {L1, L2}
+        assert {h: len(v) for h, v in r["drift_per_layer_history"].items()} == {L1: 4, L2: 4}  # steps 0..3
     summary = metrics.summarize(results)
     assert set(summary["drift_per_layer"]) == {L1, L2}
     assert summary["drift_per_layer"][L2] == pytest.approx(sum(r["drift_per_layer"][L2] for r in results) / 2)
@@ -186,7 +187,7 @@ def test_cli_cross_layer_recover_and_attribute_through_the_delta_layer_sae(tmp_p
     shutil.copytree(run, low)
     capsys.readouterr()
     assert main(["recover", "--run", str(run), "--projection", "encoder", "--steps", "2"]) == 2
-    assert "--projection jacobian" in capsys.readouterr().err
+    assert "choose the jacobian projection" in capsys.readouterr().err
     recover = ["--projection", "jacobian", "--steps", "3", "--max-new-tokens", "4", "--n-probes", "2", "--correction-steps", "1"]
     assert main(["recover", "--run", str(run), *recover]) == 0, capsys.readouterr().err
     summary = json.loads((run / "recovery_summary.json").read_text())

@@ -8,6 +8,7 @@ import streamlit as st
 
 from engine.errors import LabError
 from engine.recovery.config import RecoveryConfig
+from engine.recovery.optimize import check_projection_layers
 
 _PERSIST = {"persist_state": "session"}
 PROJECTIONS = {"encoder": "encoder", "none": "none (unconstrained)", "jacobian": "jacobian (cross-layer)"}
@@ -26,22 +27,6 @@ def clamp_layers(specs) -> list[int]:
     from engine.recovery.problem import clamp_layer
 
     return sorted({clamp_layer(s) for s in specs})
-
-
-def projection_problem(cfg: RecoveryConfig, layers: list[int], delta_layer: int) -> str | None:
-    """Why ``cfg.projection`` cannot hold this clamp set with δ at ``delta_layer``. The engine refuses the same once
-    the job has built its batch; saying it here keeps a doomed job from starting."""
-    if cfg.projection != "encoder" or cfg.method != "delta":
-        return None
-    above = [layer for layer in layers if layer > delta_layer]
-    if above:
-        return (f"The encoder projection protects only the clamps at δ's layer ({delta_layer}), but this run also clamps "
-                f"layer{'s' if len(above) > 1 else ''} {', '.join(map(str, above))} above it. Choose **jacobian** (the "
-                "encoder at δ's layer plus the Jacobian of the layers above) or **none** (the unconstrained baseline).")
-    if delta_layer not in layers:
-        return (f"The encoder projection needs a clamp at δ's layer, and layer {delta_layer} has none. Put δ at layer "
-                f"{layers[0]}, or choose **jacobian**.")
-    return None
 
 
 def _choices(name: str) -> list[str]:
@@ -136,8 +121,10 @@ def settings_form(n_valid: int, specs, n_layers: int, run: str):
         st.error(f"δ layer {int(delta_layer)} is not allowed here: δ must sit at or below every clamped layer, so pick a layer "
                  f"from 0 to {lowest} (the lowest clamp of this run).")
         return None, None, None
-    problem = projection_problem(cfg, layers, layer)
-    if problem:
-        st.error(problem)
-        return None, None, None
+    if cfg.method == "delta":
+        try:
+            check_projection_layers(cfg.projection, specs, layer)
+        except LabError as exc:
+            st.error(f"This projection cannot hold the clamp set: {exc}.")
+            return None, None, None
     return cfg, int(limit), layer

@@ -192,6 +192,8 @@ class PromptResult:
     """Hook → drift over every non-sink position, prompt and answer (the pooling of ``drift``)."""
     floor_violation_per_layer: dict[str, float] = field(default_factory=dict)
     """Hook → floor violation over the answer positions."""
+    drift_per_layer_history: dict[str, list[float]] = field(default_factory=dict)
+    """Hook → drift over the answer positions at every optimisation step (the saved per-layer chart)."""
 
     def to_json(self) -> dict:
         return asdict(self)

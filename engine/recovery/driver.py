@@ -115,6 +115,7 @@ def recover_flips(
                 delta_norm=perts[b].norm(), budget_abs=float(budget[b]), best_step=res.best_step[b], base_logprob_def=float(lp_def[b]),
                 base_logprob_rec=float(lp_rec[b]), loss_history=res.loss_history[b], drift_history=res.drift_history[b],
                 drift_per_layer=per_layer[b], drift_per_layer_all_positions=per_layer_all[b], floor_violation_per_layer=floor_per_layer[b],
+                drift_per_layer_history=res.drift_per_layer_history[b] if res.drift_per_layer_history else {},
             )
             yield result, perts[b]
 

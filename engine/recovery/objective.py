@@ -44,6 +44,8 @@ class DeltaObjective:
         self.lm, self.problem = lm, problem
         self.constrained: Bool[Tensor, "batch pos"] = problem.answer_rows if constrained == "answer" else problem.pooled
         """Positions whose later-clamp drift the penalty, the Jacobian basis, the corrections and keep-best look at."""
+        self.problem_specs = list(specs)
+        """Every clamp of the run (those below δ included)."""
         prefix, self.suffix_specs = split_specs(specs, problem.delta_layer)
         hook = delta_hook(problem.delta_layer)
         self.same_layer = [s for s in prefix if s.hook_name == hook]

@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from engine.errors import LabError
+from engine.method.clamp import ClampSpec
 from engine.recovery import metrics
 from engine.recovery.config import RecoveryConfig, StepEvent
 from engine.recovery.jacobian import DriftCorrector, jacobian_basis, project_out
 from engine.recovery.objective import DeltaObjective
+from engine.recovery.problem import delta_hook, split_specs
 from engine.recovery.projection import EncoderProjector, clip_budget
 
 
@@ -44,17 +46,27 @@ class DeltaResult:
     cancelled: bool
     probes_used: int = 0
     """Jacobian probes of the last basis estimate (0 without the Jacobian projection)."""
+    drift_per_layer_history: list[dict[str, list[float]]] = field(default_factory=list)
+    """Per prompt: hook → drift over the answer positions at every step."""
+
+
+def check_projection_layers(projection: str, specs: Sequence[ClampSpec], delta_layer: int) -> None:
+    """Refuse a projection that cannot hold this clamp set with δ at ``delta_layer`` (cheap: no forward pass)."""
+    if projection != "encoder":
+        return
+    prefix, later = split_specs(specs, delta_layer)
+    above = sorted({s.hook_name for s in later})
+    if above:
+        raise LabError(f"the encoder projection only protects the clamps at δ's layer {delta_layer}, but {', '.join(above)} "
+                       "lie above it; choose the jacobian projection (encoder at δ's layer + the Jacobian above) or none")
+    if not any(s.hook_name == delta_hook(delta_layer) for s in prefix):
+        raise LabError(f"the encoder projection needs a clamp at δ's layer {delta_layer}; put δ at a clamped layer or "
+                       "choose the jacobian projection")
 
 
 def check_projection(objective: DeltaObjective, cfg: RecoveryConfig) -> EncoderProjector | None:
     """The encoder projector for the clamps at δ's layer; refuses a projection that cannot hold the clamp set."""
-    later = sorted({s.hook_name for s in objective.suffix_specs})
-    if cfg.projection == "encoder":
-        if later:
-            raise LabError(f"the encoder projection only protects clamps at δ's layer, but {', '.join(later)} lie above it; "
-                           "use --projection jacobian (encoder at δ's layer + the Jacobian above) or --projection none")
-        if not objective.same_layer:
-            raise LabError("encoder projection needs a clamp at δ's layer; use --projection jacobian for a lower δ layer")
+    check_projection_layers(cfg.projection, objective.problem_specs, objective.problem.delta_layer)
     held = list(objective.same_layer) if cfg.projection in ("encoder", "jacobian") else []
     if cfg.projection == "jacobian" and cfg.later_encoder_prior:
         held += objective.suffix_specs  # the direct residual path to the later clamps, removed exactly
@@ -91,6 +103,7 @@ def optimize_delta(
     best_step, any_step = [-1] * n, [-1] * n
     loss_hist: list[list[float]] = [[] for _ in range(n)]
     drift_hist: list[list[float]] = [[] for _ in range(n)]
+    layer_hist: list[dict[str, list[float]]] = [{h: [] for h in objective.groups} for _ in range(n)]
     basis, probes_used = None, 0
     cancelled = False
     for step in range(cfg.steps + 1):  # the extra pass evaluates the final δ without stepping
@@ -116,6 +129,8 @@ def optimize_delta(
             loss_b = float(detached[b])
             loss_hist[b].append(loss_b)
             drift_hist[b].append(float(dr[b]))
+            for h, v in by_layer.items():
+                layer_hist[b][h].append(float(v[b]))
             if on_event is not None:
                 on_event(StepEvent(step, p.ids[b], loss_b, float(dr[b]), float(fv[b]), float(norms[b]), stage,
                                    {h: float(v[b]) for h, v in by_layer.items()}))
@@ -159,7 +174,7 @@ def optimize_delta(
     if gen is not None:
         out_gen = torch.stack([best_gen[b] if within[b] else any_gen[b] for b in range(n)])  # type: ignore[index]
     steps = [best_step[b] if within[b] else any_step[b] for b in range(n)]
-    return DeltaResult(out_rows, out_gen, steps, within, loss_hist, drift_hist, cancelled, probes_used)
+    return DeltaResult(out_rows, out_gen, steps, within, loss_hist, drift_hist, cancelled, probes_used, layer_hist)
 
 
 def _norms(objective: DeltaObjective, rows: Tensor, gen: Tensor | None) -> Tensor:

@@ -133,7 +133,7 @@ def test_recovery_form_checks_projection_and_delta_layer_before_a_job(lab_env):
     assert at.number_input(key="rec_delta_layer:two-layer").value == 1  # the lowest clamp
     assert not at.button(key="start_recovery").disabled
     at.selectbox(key="rec_projection").set_value("encoder").run()
-    assert any("protects only the clamps at δ's layer (1)" in e.value and "layer 2 above it" in e.value for e in at.error)
+    assert any("only protects the clamps at δ's layer 1" in e.value and "blocks.2.hook_resid_post" in e.value for e in at.error)
     assert at.button(key="start_recovery").disabled
     at.selectbox(key="rec_projection").set_value("jacobian").run()
     at.number_input(key="rec_delta_layer:two-layer").set_value(2).run()
