@@ -19,14 +19,12 @@ from engine.cli.main import main
 from engine.errors import LabError
 from engine.features.direction import (
     DirectionConfig,
-    SelectionConfig,
     decoder_cosines,
     rank_features,
     refusal_attribution,
     refusal_direction_and_stats,
-    select_clamp,
-    write_direction_clamp,
 )
+from engine.features.selection import SelectionConfig, select_clamp, write_direction_clamp
 from engine.lm.sae_sources import load_sae
 from engine.lm.tiny import tiny_model, tiny_sae
 from engine.method.clamp_sets import load_clamp_set, read_clamp_file

@@ -12,7 +12,8 @@ logger = logging.getLogger(__name__)
 
 
 def add_command(sub) -> None:
-    from engine.features.direction import DirectionConfig, SelectionConfig
+    from engine.features.direction import DirectionConfig
+    from engine.features.selection import SelectionConfig
 
     group = sub.add_parser("features", help="feature selection (direction search)")
     inner = group.add_subparsers(dest="features_command", required=True, parser_class=Parser)
@@ -47,15 +48,9 @@ def default_saes(model: str) -> list[str]:
 def cmd_direction(args) -> dict:
     from pathlib import Path
 
-    from engine.features.direction import (
-        DirectionConfig,
-        SelectionConfig,
-        check_layer,
-        rank_features,
-        select_clamp,
-        write_direction_clamp,
-    )
+    from engine.features.direction import DirectionConfig, check_layer, rank_features
     from engine.features.search import contrast_pairs
+    from engine.features.selection import SelectionConfig, select_clamp, write_direction_clamp
     from engine.lm.loading import load_model
     from engine.lm.sae_sources import load_sae
     from engine.method.prompts import load_prompts

@@ -15,7 +15,8 @@ def int_list(text: str) -> list[int]:
 
 
 def add_command(sub) -> None:
-    from engine.features.direction import DirectionConfig, SelectionConfig
+    from engine.features.direction import DirectionConfig
+    from engine.features.selection import SelectionConfig
     from engine.recovery.config import RecoveryConfig
 
     k = sub.add_parser("ksweep", help="flips + recovery with the top-K direction features, for several K")
@@ -35,8 +36,9 @@ def add_command(sub) -> None:
 
 def cmd_ksweep(args) -> dict:
     from engine.cli.features import default_saes
-    from engine.features.direction import DirectionConfig, SelectionConfig, check_layer, rank_features
+    from engine.features.direction import DirectionConfig, check_layer, rank_features
     from engine.features.search import contrast_pairs
+    from engine.features.selection import SelectionConfig
     from engine.lm.loading import load_model
     from engine.lm.sae_sources import load_sae
     from engine.method.generation import GenerationConfig

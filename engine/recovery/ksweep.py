@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine.errors import LabError
-from engine.features.direction import DirectionResult, SelectionConfig, select_clamp
+from engine.features.direction import DirectionResult
+from engine.features.selection import SelectionConfig, select_clamp
 from engine.lm.models import LoadedModel
 from engine.method.flips import write_flips_run
 from engine.method.generation import GenerationConfig
