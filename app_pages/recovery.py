@@ -98,9 +98,9 @@ if info.has_recovery and not (rec_job is not None and rec_job.running):
     if records:
         if not ticking:
             rv.live_charts(rv.history_events(records))
-            if len(rv.layer_rows(info.recovery_summary or {})) > 1:
-                st.caption("recovery.jsonl keeps the pooled drift per step and each prompt's final drift per layer (the "
-                           "table above and the columns below); the drift of each layer per step is drawn live only.")
+            if len(rv.layer_rows(info.recovery_summary or {})) > 1 and not any(r.get("drift_per_layer_history") for r in records):
+                st.caption("This run was recovered before the per-layer drift of every step was saved: the table above and "
+                           "the columns below give each prompt's final drift per layer.")
         rv.results_table(records)
         ids = [r["id"] for r in records]
         pick = st.selectbox("Texts of prompt", ids, format_func=lambda i: f"#{i}", key="rec_pick")

@@ -25,12 +25,15 @@ def live_charts(events: list[dict], height: int = 230, delta_layer: int | None =
 
 
 def history_events(records: list[dict], upto: int | None = None) -> list[dict]:
-    """Per-step events rebuilt from saved ``loss_history`` / ``drift_history`` (for reloads and replays)."""
+    """Per-step events rebuilt from saved ``loss_history`` / ``drift_history`` / ``drift_per_layer_history`` (for
+    reloads and replays)."""
     out = []
     for r in records:
         losses, drifts = r.get("loss_history") or [], r.get("drift_history") or []
+        layers = r.get("drift_per_layer_history") or {}
         for s, loss in enumerate(losses[: upto if upto is not None else None]):
-            out.append({"step": s, "prompt_id": r.get("id"), "loss": loss, "drift": drifts[s] if s < len(drifts) else None})
+            out.append({"step": s, "prompt_id": r.get("id"), "loss": loss, "drift": drifts[s] if s < len(drifts) else None,
+                        "drift_per_layer": {h: v[s] for h, v in layers.items() if s < len(v)}})
     return out
 
 

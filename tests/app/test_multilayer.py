@@ -187,3 +187,4 @@ def test_jacobian_recovery_draws_one_drift_line_per_layer_and_per_layer_results(
     assert any("jacobian" in c.value and "correction step" in c.value for c in at.caption)
     per_prompt = next(d.value for d in at.dataframe if "id" in d.value.columns)
     assert {"drift layer 1 (answer)", "drift layer 2 (answer)"} <= set(per_prompt.columns)
+    assert _layer_chart(at)  # the saved run draws its per-layer chart from drift_per_layer_history
