@@ -9,7 +9,7 @@ and (``jacobian``) the estimated row space of the later clamps' Jacobian removed
 λ·‖Δz‖²/‖z_def‖² over the later clamps adds its gradient **unprojected**. Then Adam; δ projected (encoder) and
 clipped to the budget; then (``jacobian``) a few drift-correction steps. Prompts in a batch are independent: the loss
 is a sum of per-prompt losses and Adam is element-wise, so a batch equals one-by-one runs. The kept δ is the
-lowest-loss one whose drift ≤ the threshold.
+lowest-recovery-loss one whose drift ≤ the threshold (the penalty steers the optimisation; the threshold decides).
 """
 
 from __future__ import annotations
@@ -116,7 +116,6 @@ def optimize_delta(
         ev = objective.evaluate(rows, gen)
         recovery = objective.losses(ev, stage, cfg.answer_weight)
         pen = penalty * objective.relative_drift_sq(ev.z) if penalty > 0 else None
-        total = recovery + pen if pen is not None else recovery
         with torch.no_grad():
             z = ev.z.detach()
             dr = metrics.drift(z, objective.z_def)
@@ -124,7 +123,9 @@ def optimize_delta(
             fv = metrics.floor_violation(z, objective.z_def)
             by_layer = objective.drift_by_layer(z, p.answer_rows)
             norms = _norms(objective, rows, gen)
-        detached = total.detach()
+        # Histories, events and keep-best read the recovery loss: the penalty is a training device, and the threshold
+        # on drift is what keep-best applies to drift.
+        detached = recovery.detach()
         for b in range(n):
             loss_b = float(detached[b])
             loss_hist[b].append(loss_b)
