@@ -73,9 +73,10 @@ class RecoveryConfig:
     """``jacobian`` + ``adaptive``: the most probes one estimate may use."""
     probe_tol: float = 0.1
     """``jacobian`` + ``adaptive``: stop adding probes when a new block's energy outside the basis is below this share."""
-    probe_every: int = 1
-    """``jacobian``: re-estimate the row space every this many steps (the paper: every step)."""
-    correction_steps: int = 5
+    probe_every: int = 5
+    """``jacobian``: re-estimate the row space every this many steps (the paper: 1; 5 with 2 corrections keeps a step
+    at 2.0× the encoder step, the paper's cadence costs 4.3×: bench/recovery_step.py)."""
+    correction_steps: int = 2
     """``jacobian``: drift-correcting Adam steps on the relative drift alone after every step (the paper: 5)."""
     correction_lr: float = 0.05
     """``jacobian``: learning rate of the drift-correction steps (the paper: 0.05)."""
