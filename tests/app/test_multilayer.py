@@ -7,7 +7,16 @@ import json
 
 from engine.services import jobs
 from engine.store import catalogue
-from tests.app.apphelpers import TWO_LAYER_CLAMPS, add_recovery, clamp_rows, goto, make_flips_run, new_app, problems, wait_job
+from tests.app.apphelpers import (
+    TWO_LAYER_CLAMPS,
+    add_recovery,
+    clamp_rows,
+    goto,
+    make_flips_run,
+    new_app,
+    problems,
+    run_typed_flips,
+)
 
 L1, L2 = "tiny:blocks.1.hook_resid_post", "tiny:blocks.2.hook_resid_post"
 
@@ -108,14 +117,7 @@ def test_flips_lists_every_row_and_runs_with_the_whole_set(app):
     goto(app, "flips")
     text = " ".join(m.value for m in app.markdown)
     assert "#0 · layer 1 · " + L1 + " · 3 features" in text and "#1 · layer 2 · " + L2 + " · 2 features" in text
-    app.radio(key="flips_source").set_value("Type prompts").run()
-    app.text_area(key="flips_typed").input("hello\nwhat is rain?").run()
-    app.number_input(key="flips_max_new").set_value(4)
-    app.button(key="start_flips").click().run()
-    job = wait_job("flips")
-    assert job.status == "done", job.error
-    app.run()
-    assert not problems(app)
+    run_typed_flips(app)
     clamps = catalogue.get_run(app.session_state["run"]).config["clamps"]
     assert [(c["hook"], c["features"]) for c in clamps] == [("blocks.1.hook_resid_post", [1, 2, 3]), ("blocks.2.hook_resid_post", [4, 5])]
     # The saved run says which clamps it was made with.

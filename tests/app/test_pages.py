@@ -18,6 +18,7 @@ from tests.app.apphelpers import (
     make_flips_run,
     new_app,
     problems,
+    run_typed_flips,
     wait_job,
 )
 
@@ -120,14 +121,7 @@ def _clamp(app):
 def test_flips_job_streams_and_saves_a_run(app):
     _clamp(app)
     goto(app, "flips")
-    app.radio(key="flips_source").set_value("Type prompts").run()
-    app.text_area(key="flips_typed").input("hello\nwhat is rain?").run()
-    app.number_input(key="flips_max_new").set_value(4)
-    app.button(key="start_flips").click().run()
-    job = wait_job("flips")
-    assert job.status == "done", job.error
-    app.run()
-    assert not problems(app)
+    run_typed_flips(app)
     name = app.session_state["run"]
     info = catalogue.get_run(name)
     assert info.summary["n_prompts"] == 2 and info.config["prompts"] == "typed" and info.config["model"] == "tiny"
