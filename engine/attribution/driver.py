@@ -89,7 +89,7 @@ def attribute_batch(
         tops = [top_features(sae, clamped_feats, problem.h_def[b], delta[b], moved[b], top_k) for b in range(len(records))]
         top_idx = [[t.index for t in tb] for tb in tops]
         mask = problem.target_mask
-        lp_def = (objective.evaluate_full(torch.zeros_like(delta)).logp * mask).sum(1)
+        lp_def = (objective.defended_eval.logp * mask).sum(1)
         out = [{"id": int(r["id"]), "prompt": r["prompt"], "layer": layer, "top_k": top_k,
                 "top_features": [asdict(t) for t in tops[b]], "delta_norm": perts[b].norm(), "components": {}}
                for b, r in enumerate(records)]

@@ -66,6 +66,4 @@ def cmd_flips(args) -> dict:
     def log(row: dict) -> None:
         logger.info("prompt %d/%d valid=%s", row["id"] + 1, len(prompts), row["valid"])
 
-    if not prompts:
-        raise LabError("no prompts to run")
     return write_flips_run(lm, specs, prompts, gen, judge_cfg, run, settings, on_record=log)

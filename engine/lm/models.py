@@ -25,12 +25,14 @@ DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_ALIASES = frozenset({DEFAULT_MODEL, DEFAULT_MODEL_ID, "HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m-instruct"})
 """Every spelling that means the default model (load names, its id, its hub repo, sae_lens registry names)."""
 
+_DEFAULT_LOWER = frozenset(a.lower() for a in DEFAULT_MODEL_ALIASES)
+
 DeviceChoice = Literal["auto", "cpu", "cuda", "mps"]
 
 
 def is_default_model(name: str | None) -> bool:
     """Whether ``name`` (a load name, a loaded model's id or a registry model name) is the offline default model."""
-    return name is not None and name.lower() in {a.lower() for a in DEFAULT_MODEL_ALIASES}
+    return name is not None and name.lower() in _DEFAULT_LOWER
 
 @dataclass
 class Batch:

@@ -101,11 +101,6 @@ def load_clamp_set(lm: LoadedModel, rows: Sequence[dict], cache: dict[str, Loade
     return specs
 
 
-def clamp_set_json(specs: Sequence[ClampSpec]) -> list[dict]:
-    """The rows of a clamp set as saved in ``config.json`` (and readable by :func:`load_clamp_set`)."""
-    return [s.to_json() for s in specs]
-
-
 def write_clamp_file(path: str | Path, specs: Sequence[ClampSpec], meta: dict | None = None) -> Path:
     """Write a clamp file (``{"clamps": rows, **meta}``) that ``flips --clamp`` accepts."""
     path = Path(path)

@@ -92,7 +92,6 @@ def recover_flips(
                 return
             with torch.no_grad():
                 ev_rec = objective.evaluate(res.rows, res.gen)
-                ev_def = objective.evaluate(torch.zeros_like(res.rows), None)
                 drift = metrics.drift(ev_rec.z, objective.z_def)
                 floor = metrics.floor_violation(ev_rec.z, objective.z_def)
                 answer = problem.answer_rows
@@ -104,7 +103,7 @@ def recover_flips(
                 rel = (pert * pooled).flatten(1).norm(dim=1) / (problem.h_def * pooled).flatten(1).norm(dim=1)
                 mask = problem.target_mask
                 lp_rec = (ev_rec.logp * mask).sum(1)
-                lp_def = (ev_def.logp * mask).sum(1)
+                lp_def = (objective.defended_eval.logp * mask).sum(1)
         perts = perturbations_from_batch(problem, res.rows, res.gen)
         gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=len(chunk))
         hooks = replay_hooks(layer, dict(enumerate(perts)))

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from engine.recovery.config import RecoveryConfig
 from engine.recovery.objective import DeltaObjective
-from engine.recovery.projection import EncoderProjector, clip_budget, orthonormal_basis, remove_span
+from engine.recovery.projection import EncoderProjector, hold_constraints, orthonormal_basis, remove_span
 
 
 def flatten(rows: Tensor, gen: Tensor | None) -> Float[Tensor, "batch dim"]:
@@ -152,8 +152,4 @@ class DriftCorrector:
                     for t in self.params:
                         t.grad.copy_(self.encoder(t.grad))  # type: ignore[union-attr]
             self.opt.step()
-            with torch.no_grad():
-                if self.encoder is not None:
-                    for t in self.params:
-                        t.copy_(self.encoder(t))
-                clip_budget(rows, gen, self.objective.problem.prompt_rows, self.budget, self.cfg.budget_kind)
+            hold_constraints(self.params, self.encoder, self.objective.problem.prompt_rows, self.budget, self.cfg.budget_kind)

@@ -50,7 +50,8 @@ def run_ksweep(
         raise LabError(f"K = {ks[-1]} exceeds the {available} ranked candidates; raise --candidates or lower --ks")
     judge_cfg = judge_cfg or JudgeConfig()
     root = prepare_run_dir(out)
-    points = []
+    points: list[dict] = []
+    result = {"ks": ks, "points": points, "recovery": recovery.to_json(), "selection": dataclasses.asdict(select)}
     for k in ks:
         if cancel is not None and cancel.is_set():
             break
@@ -68,7 +69,6 @@ def run_ksweep(
         else:
             logger.info("K = %d: no valid flips, nothing to recover", k)
         points.append(point)
-        write_json(root / "ksweep.json", {"ks": ks, "points": points, "recovery": recovery.to_json(), "selection": dataclasses.asdict(select)})
-    result = {"ks": ks, "points": points, "recovery": recovery.to_json(), "selection": dataclasses.asdict(select)}
+        write_json(root / "ksweep.json", result)  # after every K, so a stopped sweep keeps what it finished
     write_json(root / "ksweep.json", result)
     return result

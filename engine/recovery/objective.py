@@ -44,8 +44,6 @@ class DeltaObjective:
         self.lm, self.problem = lm, problem
         self.constrained: Bool[Tensor, "batch pos"] = problem.answer_rows if constrained == "answer" else problem.pooled
         """Positions whose later-clamp drift the penalty, the Jacobian basis, the corrections and keep-best look at."""
-        self.problem_specs = list(specs)
-        """Every clamp of the run (those below δ included)."""
         prefix, self.suffix_specs = split_specs(specs, problem.delta_layer)
         hook = delta_hook(problem.delta_layer)
         self.same_layer = [s for s in prefix if s.hook_name == hook]
@@ -61,7 +59,9 @@ class DeltaObjective:
         """Columns of the clamps above δ (what the Jacobian projection and the drift penalty are about)."""
         self.z_stop = max((hook_layer(s.hook_name) for s in self.suffix_specs), default=problem.delta_layer)
         with torch.no_grad():
-            self.z_def = self.evaluate(torch.zeros_like(problem.h_def), None).z
+            self.defended_eval = self.evaluate(torch.zeros_like(problem.h_def), None)
+            """The forward at δ = 0: the defended model's target log-probs and features."""
+        self.z_def = self.defended_eval.z
 
     @property
     def has_later(self) -> bool:

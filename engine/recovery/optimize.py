@@ -30,7 +30,7 @@ from engine.recovery.config import RecoveryConfig, StepEvent
 from engine.recovery.jacobian import DriftCorrector, jacobian_basis, project_out
 from engine.recovery.objective import DeltaObjective
 from engine.recovery.problem import delta_hook, split_specs
-from engine.recovery.projection import EncoderProjector, clip_budget
+from engine.recovery.projection import EncoderProjector, hold_constraints
 
 
 @dataclass
@@ -66,7 +66,8 @@ def check_projection_layers(projection: str, specs: Sequence[ClampSpec], delta_l
 
 def check_projection(objective: DeltaObjective, cfg: RecoveryConfig) -> EncoderProjector | None:
     """The encoder projector for the clamps at δ's layer; refuses a projection that cannot hold the clamp set."""
-    check_projection_layers(cfg.projection, objective.problem_specs, objective.problem.delta_layer)
+    # clamps below δ's layer cannot move, so the clamps δ can move decide what the projection must hold
+    check_projection_layers(cfg.projection, objective.defended, objective.problem.delta_layer)
     held = list(objective.same_layer) if cfg.projection in ("encoder", "jacobian") else []
     if cfg.projection == "jacobian" and cfg.later_encoder_prior:
         held += objective.suffix_specs  # the direct residual path to the later clamps, removed exactly
@@ -161,11 +162,7 @@ def optimize_delta(
                 t.grad = encoder(g) if encoder is not None else g
         opt.step()
         sched.step()
-        with torch.no_grad():
-            if encoder is not None:
-                for t in params:
-                    t.copy_(encoder(t))
-            clip_budget(rows, gen, p.prompt_rows, budget, cfg.budget_kind)
+        hold_constraints(params, encoder, p.prompt_rows, budget, cfg.budget_kind)
         if corrector is not None:
             corrector()
 

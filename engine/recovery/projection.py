@@ -62,6 +62,17 @@ def clip_budget(rows: Float[Tensor, "batch pos d_model"], gen: Float[Tensor, "ba
                 gen.mul_(scale[:, None])
 
 
+def hold_constraints(params: list[Tensor], encoder: EncoderProjector | None, row_mask: Bool[Tensor, "batch pos"],
+                     budget: Float[Tensor, " batch"], kind: str) -> None:
+    """Put δ (``params`` = rows [+ gen]) back on its constraints after an optimiser step: the encoder projection, then
+    the budget (rescaling keeps the projection: its null space is a linear subspace)."""
+    with torch.no_grad():
+        if encoder is not None:
+            for t in params:
+                t.copy_(encoder(t))
+        clip_budget(params[0], params[1] if len(params) > 1 else None, row_mask, budget, kind)
+
+
 def orthonormal_basis(vectors: Float[Tensor, "batch k dim"]) -> Float[Tensor, "batch dim k"]:
     """Per-batch orthonormal basis of the span of ``vectors`` (``[batch, k, dim]`` → ``[batch, dim, r]``)."""
     q, r = torch.linalg.qr(vectors.transpose(1, 2))  # [batch, dim, k]
