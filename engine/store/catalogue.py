@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import re
-import shutil
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from engine.errors import LabError
 from engine.paths import data_dir
 from engine.store.files import read_json, read_jsonl
+from engine.store.trash import TrashEntry
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +134,16 @@ def new_run_dir(label: str = "flips") -> Path:
     raise LabError("could not create a new run directory")
 
 
-def delete_run(name: str) -> None:
-    """Remove a run directory and its hand labels."""
-    from engine.store import labels
+def delete_run(name: str) -> TrashEntry:
+    """Move a run directory to the trash (``engine.store.trash``: restorable until purged) and drop its hand labels."""
+    from engine.store import labels, trash
 
     path = run_path(name)
     if not path.is_dir():
         raise LabError(f"there is no run {name!r}")
-    shutil.rmtree(path)
+    entry = trash.move_to_trash(path, "run")
     labels.delete_run_labels(name)
+    return entry
 
 
 def _flatten(value: object) -> object:
