@@ -135,15 +135,14 @@ def new_run_dir(label: str = "flips") -> Path:
 
 
 def delete_run(name: str) -> TrashEntry:
-    """Move a run directory to the trash (``engine.store.trash``: restorable until purged) and drop its hand labels."""
-    from engine.store import labels, trash
+    """Move a run directory to the trash (``engine.store.trash``: restorable until purged); its hand labels live
+    inside it, in ``labels.jsonl``, so they go and come back with it."""
+    from engine.store import trash
 
     path = run_path(name)
     if not path.is_dir():
         raise LabError(f"there is no run {name!r}")
-    entry = trash.move_to_trash(path, "run")
-    labels.delete_run_labels(name)
-    return entry
+    return trash.move_to_trash(path, "run")
 
 
 def _flatten(value: object) -> object:

@@ -1,139 +1,412 @@
-"""Hand labels of flips, kept in one SQLite file (WAL) in the data directory.
+"""Hand labels of flips, kept inside the run directory as an append-only log ``RUN/labels.jsonl``.
 
-Each label is ``genuine`` (the clamped text really is a refusal caused by the clamp), ``not`` (the judge was
-wrong, e.g. an apology that still answers) or ``unsure``, with a free-text note. A label is committed the
-moment it is set, so killing the server (even ``kill -9``) loses nothing that was saved.
+Each line is one label event ``{"flip_id", "label", "labeller", "note", "time"}``: ``label`` is ``genuine`` (the
+clamped text really is a refusal that the clamp caused while the base model answered), ``not`` (it is not: the
+clamped text still answers, or is not a refusal at all), ``unsure``, or ``""`` (the labeller cleared their label);
+``time`` is seconds since the epoch. The current label of a (flip, labeller) is its **last** event in the file.
 
-The CSV export has the judge's columns of ``flips.jsonl`` plus ``manual_audit_label`` (the column the paper
-left empty, here filled) and ``manual_audit_note``.
+Why a log in the run directory: labels travel with the run (trashed and restored byte-identical, copied, zipped,
+or a CLI run at any path), and nothing is ever rewritten. An event is appended with one ``write`` under an
+exclusive ``fcntl.flock`` on the file, then flushed and ``fsync``-ed before the call returns, so two dashboard
+sessions can label at once and killing the server (even ``kill -9``) loses nothing that was saved. A crash in
+the middle of a write can leave a truncated last line: readers ignore it, and the next append starts on a fresh
+line (it writes the missing newline first), so the torn line stays as one unreadable line that readers skip.
+
+**Consensus** (:func:`consensus`): one label per flip over its labellers' current labels: the label most of them
+gave; a tie between the most-given labels is ``unsure`` (two labellers saying ``genuine`` and ``not`` do not make
+a flip either). A flip nobody labelled has no consensus. ``engine.store.agreement`` compares the consensus with
+the judge.
+
+**Migration**: labels used to live in one SQLite file, ``data_dir()/labels.sqlite`` (table ``labels``, keyed by
+run *name*). The first time a run under ``data_dir()/runs`` is read or written here, its old rows are appended
+to its ``labels.jsonl`` (labeller ``""``, their original time), fsync-ed, and only then deleted from SQLite.
+A crash between the two leaves rows that the next migration recognises (same flip, label, note and time) and
+does not append twice.
+
+The audit CSV (:func:`export_csv`) has the judge's columns of ``flips.jsonl`` plus ``manual_audit_label`` (the
+column the paper left empty, here filled), ``manual_audit_note`` and ``labeller``. The label CSV
+(:func:`write_label_csv` / :func:`read_label_csv`, ``python -m engine labels export|import``) has exactly the
+columns ``flip_id,label,labeller,note``.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
+import json
+import logging
+import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.errors import LabError
 from engine.paths import data_dir
 
+logger = logging.getLogger(__name__)
+
 LABELS: tuple[str, ...] = ("genuine", "not", "unsure")
+LOG_NAME = "labels.jsonl"
 DB_NAME = "labels.sqlite"
+"""The old label database (read only to migrate it)."""
+MAX_LABELLER = 80
+MAX_NOTE = 2000
 
 EXPORT_COLUMNS = [
     "id", "prompt", "base_text", "clamped_text", "base_refusal", "clamped_refusal", "valid", "clamped_degenerate",
-    "base_reasons", "clamped_reasons", "manual_audit_label", "manual_audit_note",
+    "base_reasons", "clamped_reasons", "manual_audit_label", "manual_audit_note", "labeller",
 ]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS labels (
-    run TEXT NOT NULL,
-    flip_id INTEGER NOT NULL,
-    label TEXT NOT NULL CHECK (label IN ('genuine', 'not', 'unsure')),
-    note TEXT NOT NULL DEFAULT '',
-    prompt TEXT NOT NULL DEFAULT '',
-    updated REAL NOT NULL,
-    PRIMARY KEY (run, flip_id)
-)
-"""
+CSV_COLUMNS = ["flip_id", "label", "labeller", "note"]
+"""The label CSV of ``labels import`` / ``labels export``."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Label:
-    run: str
+    """The current label of one flip by one labeller (the last event of that pair)."""
+
     flip_id: int
     label: str
+    labeller: str
     note: str
-    prompt: str
-    updated: float
+    time: float
+
+
+# ------------------------------------------------------------------------------------------------ paths
+
+
+def _runs_root() -> Path:
+    # engine.store.catalogue.runs_root() without importing catalogue (catalogue imports this module).
+    return data_dir() / "runs"
+
+
+def run_dir(run: Path | str) -> Path:
+    """The run directory. A ``Path`` is used as it is; a ``str`` is a run *name* in the store (``data_dir()/runs``),
+    as the Runs page and ``catalogue.export_zip`` still pass it."""
+    if isinstance(run, Path):
+        path = run
+    else:
+        if not run or "/" in run or "\\" in run or run in (".", ".."):
+            raise LabError(f"{run!r} is not a run name in the store")
+        path = _runs_root() / run
+    if not path.is_dir():
+        raise LabError(f"run directory {path} does not exist")
+    return path
+
+
+def log_path(run: Path | str) -> Path:
+    return run_dir(run) / LOG_NAME
 
 
 def db_path() -> Path:
+    """The old SQLite label database (migrated from, never written to)."""
     return data_dir() / DB_NAME
 
 
-_INIT_LOCK = threading.Lock()
+# ------------------------------------------------------------------------------------------------ checks
 
 
-def _connect(path: Path | None = None) -> sqlite3.Connection:
-    """A fresh connection (SQLite connections are per thread; Streamlit runs each session in its own thread)."""
-    path = path or db_path()
-    try:
-        conn = sqlite3.connect(str(path), timeout=10.0)
-        with _INIT_LOCK:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(_SCHEMA)
-            conn.commit()
-    except sqlite3.DatabaseError as exc:
-        raise LabError(f"the label database {path} cannot be opened: {exc}") from None
-    return conn
-
-
-def _row(r: tuple) -> Label:
-    return Label(run=r[0], flip_id=int(r[1]), label=r[2], note=r[3], prompt=r[4], updated=float(r[5]))
-
-
-def set_label(run: str, flip_id: int, label: str, note: str = "", prompt: str = "", path: Path | None = None) -> Label:
-    """Store (or replace) the label of one flip; committed before returning."""
+def check_label(label: object, allow_clear: bool = False) -> str:
+    if label == "" and allow_clear:
+        return ""
     if label not in LABELS:
         raise LabError(f"unknown label {label!r}; choose {', '.join(LABELS)}")
-    if not run:
-        raise LabError("a label needs a run name")
-    row = (run, int(flip_id), label, note or "", prompt or "", time.time())
-    conn = _connect(path)
+    return str(label)
+
+
+def check_labeller(labeller: object) -> str:
+    if not isinstance(labeller, str):
+        raise LabError(f"a labeller name must be text, not {type(labeller).__name__}")
+    name = labeller.strip()
+    if len(name) > MAX_LABELLER:
+        raise LabError(f"labeller name is longer than {MAX_LABELLER} characters")
+    if any(not ch.isprintable() for ch in name):
+        raise LabError(f"labeller name {name!r} has control characters")
+    return name
+
+
+def check_flip_id(flip_id: object) -> int:
+    if isinstance(flip_id, bool):
+        raise LabError(f"flip id {flip_id!r} is not an integer")
+    try:
+        value = int(flip_id) if not isinstance(flip_id, str) else int(flip_id.strip())
+    except (TypeError, ValueError):
+        raise LabError(f"flip id {flip_id!r} is not an integer") from None
+    if isinstance(flip_id, float) and flip_id != value:
+        raise LabError(f"flip id {flip_id!r} is not an integer")
+    if value < 0:
+        raise LabError(f"flip id {value} is negative")
+    return value
+
+
+def _check_note(note: object) -> str:
+    note = "" if note is None else note
+    if not isinstance(note, str):
+        raise LabError(f"a note must be text, not {type(note).__name__}")
+    if len(note) > MAX_NOTE:
+        raise LabError(f"note is longer than {MAX_NOTE} characters")
+    return note
+
+
+def _event(flip_id: object, label: object, labeller: object, note: object, when: float | None = None) -> dict:
+    return {"flip_id": check_flip_id(flip_id), "label": check_label(label, allow_clear=True),
+            "labeller": check_labeller(labeller), "note": _check_note(note), "time": float(time.time() if when is None else when)}
+
+
+# ------------------------------------------------------------------------------------------------ the log
+
+
+def _parse(line: str) -> dict | None:
+    """One event, or None when the line is not a well-formed event."""
+    try:
+        ev = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(ev, dict):
+        return None
+    try:
+        return {"flip_id": check_flip_id(ev["flip_id"]), "label": check_label(ev["label"], allow_clear=True),
+                "labeller": check_labeller(ev.get("labeller", "")), "note": _check_note(ev.get("note", "")),
+                "time": float(ev.get("time", 0.0))}
+    except (KeyError, LabError, TypeError, ValueError):
+        return None
+
+
+def _read_events(path: Path) -> list[dict]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")
+    complete, tail = lines[:-1], lines[-1]  # ``tail`` is "" when the file ends with a newline
+    events = []
+    for n, line in enumerate(complete, 1):
+        if not line.strip():
+            continue
+        ev = _parse(line)
+        if ev is None:
+            logger.warning("%s line %d is not a label event; skipped", path, n)
+            continue
+        events.append(ev)
+    if tail.strip():
+        ev = _parse(tail)  # a last line without its newline: a write cut short; kept only if it is whole
+        if ev is not None:
+            events.append(ev)
+    return events
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Locked:
+    """The log opened for appending under an exclusive flock (released on exit)."""
+
+    def __init__(self, run: Path):
+        self.path = run / LOG_NAME
+        self.run = run
+
+    def __enter__(self) -> _Locked:
+        created = not self.path.exists()
+        try:
+            self.fh = open(self.path, "ab")
+        except OSError as exc:
+            raise LabError(f"cannot write labels to {self.path}: {exc.strerror or exc}") from None
+        fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX)
+        if created:
+            _fsync_dir(self.run)
+        return self
+
+    def append(self, events: list[dict]) -> None:
+        if not events:
+            return
+        data = "".join(json.dumps(ev, ensure_ascii=False) + "\n" for ev in events).encode("utf-8")
+        size = os.fstat(self.fh.fileno()).st_size
+        if size:
+            with open(self.path, "rb") as rf:
+                rf.seek(size - 1)
+                if rf.read(1) != b"\n":
+                    data = b"\n" + data  # a torn last line from a crash: start on a fresh line
+        try:
+            self.fh.write(data)
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+        except OSError as exc:
+            raise LabError(f"cannot write labels to {self.path}: {exc.strerror or exc}") from None
+
+    def __exit__(self, *exc) -> None:
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+        finally:
+            self.fh.close()
+
+
+# ------------------------------------------------------------------------------------------------ migration
+
+_MIGRATED: set[Path] = set()
+_MIGRATE_LOCK = threading.Lock()
+
+
+def _old_rows(db: Path, name: str) -> list[tuple]:
+    conn = sqlite3.connect(str(db), timeout=10.0)
+    try:
+        exists = conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='labels'").fetchone()
+        if not exists:
+            return []
+        return conn.execute("SELECT flip_id, label, note, updated FROM labels WHERE run = ? ORDER BY updated, flip_id",
+                            (name,)).fetchall()
+    finally:
+        conn.close()
+
+
+def _delete_old_rows(db: Path, name: str) -> None:
+    conn = sqlite3.connect(str(db), timeout=10.0)
     try:
         with conn:
-            conn.execute(
-                "INSERT INTO labels (run, flip_id, label, note, prompt, updated) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(run, flip_id) DO UPDATE SET label=excluded.label, note=excluded.note, "
-                "prompt=excluded.prompt, updated=excluded.updated",
-                row,
-            )
-    finally:
-        conn.close()
-    return _row(row)
-
-
-def clear_label(run: str, flip_id: int, path: Path | None = None) -> None:
-    conn = _connect(path)
-    try:
-        with conn:
-            conn.execute("DELETE FROM labels WHERE run = ? AND flip_id = ?", (run, int(flip_id)))
+            conn.execute("DELETE FROM labels WHERE run = ?", (name,))
     finally:
         conn.close()
 
 
-def get_labels(run: str, path: Path | None = None) -> dict[int, Label]:
-    """Every label of ``run``, by flip id."""
-    conn = _connect(path)
-    try:
-        rows = conn.execute("SELECT run, flip_id, label, note, prompt, updated FROM labels WHERE run = ?", (run,)).fetchall()
-    finally:
-        conn.close()
-    return {int(r[1]): _row(r) for r in rows}
+def _migrate(run: Path) -> None:
+    """Move the old SQLite labels of a store run into its log (once; see the module docstring)."""
+    key = run.resolve()
+    if key in _MIGRATED:
+        return
+    with _MIGRATE_LOCK:
+        if key in _MIGRATED:
+            return
+        db = db_path()
+        root = _runs_root()
+        if not db.is_file() or not root.is_dir() or key.parent != root.resolve():
+            _MIGRATED.add(key)
+            return
+        try:
+            rows = _old_rows(db, run.name)
+            if rows:
+                with _Locked(run) as log:
+                    rows = _old_rows(db, run.name)  # again under the lock: another process may have migrated them
+                    seen = {(e["flip_id"], e["label"], e["labeller"], e["note"], e["time"]) for e in _read_events(log.path)}
+                    events = []
+                    for flip_id, label, note, updated in rows:
+                        try:
+                            ev = _event(flip_id, label, "", note or "", float(updated))
+                        except (LabError, TypeError, ValueError):
+                            logger.warning("old label of %s flip %r is not valid (%r); not migrated", run.name, flip_id, label)
+                            continue
+                        if (ev["flip_id"], ev["label"], ev["labeller"], ev["note"], ev["time"]) not in seen:
+                            events.append(ev)
+                    log.append(events)  # fsync-ed before the rows go
+                    _delete_old_rows(db, run.name)
+                logger.info("migrated %d old labels of %s into %s", len(events), run.name, LOG_NAME)
+        except sqlite3.DatabaseError as exc:
+            raise LabError(f"the old label database {db} cannot be read: {exc}") from None
+        _MIGRATED.add(key)
 
 
-def delete_run_labels(run: str, path: Path | None = None) -> int:
-    conn = _connect(path)
-    try:
-        with conn:
-            cur = conn.execute("DELETE FROM labels WHERE run = ?", (run,))
-    finally:
-        conn.close()
-    return cur.rowcount
+# ------------------------------------------------------------------------------------------------ the API
 
 
-def label_counts(run: str, path: Path | None = None) -> dict[str, int]:
+def events(run: Path | str) -> list[dict]:
+    """Every well-formed event of the run's log, in file order (after migrating old labels)."""
+    path = run_dir(run)
+    _migrate(path)
+    return _read_events(path / LOG_NAME)
+
+
+def append_events(run: Path | str, new: Iterable[dict]) -> int:
+    """Append checked events (dicts with ``flip_id``, ``label``, ``labeller``, ``note`` and optional ``time``) in one
+    locked, fsync-ed write; nothing is appended when any is invalid. Returns how many were appended."""
+    path = run_dir(run)
+    checked = [_event(e.get("flip_id"), e.get("label"), e.get("labeller", ""), e.get("note", ""), e.get("time")) for e in new]
+    _migrate(path)
+    with _Locked(path) as log:
+        log.append(checked)
+    return len(checked)
+
+
+def set_label(run: Path | str, flip_id: int, label: str, note: str = "", labeller: str = "") -> Label:
+    """Label one flip for ``labeller`` (replacing their earlier label); on disk before returning."""
+    check_label(label)
+    ev = _event(flip_id, label, labeller, note)
+    append_events(run, [ev])
+    return Label(**ev)
+
+
+def clear_label(run: Path | str, flip_id: int, labeller: str = "") -> None:
+    """Clear ``labeller``'s label of one flip (an event with label ``""``)."""
+    append_events(run, [_event(flip_id, "", labeller, "")])
+
+
+def get_labels(run: Path | str) -> dict[int, dict[str, Label]]:
+    """The current labels: flip id → labeller → :class:`Label` (cleared labels left out)."""
+    current: dict[tuple[int, str], dict] = {}
+    for ev in events(run):
+        current[(ev["flip_id"], ev["labeller"])] = ev
+    out: dict[int, dict[str, Label]] = {}
+    for (fid, who), ev in sorted(current.items()):
+        if ev["label"]:
+            out.setdefault(fid, {})[who] = Label(**ev)
+    return out
+
+
+def labels_of(run: Path | str, labeller: str) -> dict[int, Label]:
+    """One labeller's current labels, by flip id."""
+    who = check_labeller(labeller)
+    return {fid: by[who] for fid, by in get_labels(run).items() if who in by}
+
+
+def labellers(run: Path | str) -> list[str]:
+    return sorted({who for by in get_labels(run).values() for who in by})
+
+
+def consensus_of(votes: Iterable[str]) -> str | None:
+    """The majority label of one flip's votes; a tie between the most-given labels → ``unsure``; no votes → None."""
+    counts = Counter(v for v in votes if v)
+    if not counts:
+        return None
+    ranked = counts.most_common()
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        return "unsure"
+    return ranked[0][0]
+
+
+def consensus(run: Path | str) -> dict[int, str]:
+    """One label per labelled flip over its labellers: the majority label, a tie → ``unsure``."""
+    out = {}
+    for fid, by in get_labels(run).items():
+        c = consensus_of(lab.label for lab in by.values())
+        if c is not None:
+            out[fid] = c
+    return out
+
+
+def label_counts(run: Path | str, labeller: str | None = None) -> dict[str, int]:
+    """How many flips have each consensus label (or each label of ``labeller`` when given)."""
     counts = dict.fromkeys(LABELS, 0)
-    for lab in get_labels(run, path).values():
-        counts[lab.label] += 1
+    if labeller is None:
+        for lab in consensus(run).values():
+            counts[lab] += 1
+    else:
+        for lab in labels_of(run, labeller).values():
+            counts[lab.label] += 1
     return counts
+
+
+# ------------------------------------------------------------------------------------------------ CSV
 
 
 def _reasons_text(reasons: object) -> str:
@@ -142,27 +415,138 @@ def _reasons_text(reasons: object) -> str:
     return "; ".join(f"{r.get('rule')}: {r.get('text')}" for r in reasons if isinstance(r, dict) and r.get("decides", True))
 
 
-def export_rows(run: str, flips: Iterable[dict], path: Path | None = None) -> list[dict]:
-    """Rows of :data:`EXPORT_COLUMNS`: each flip with its judge columns and its hand label (empty if none)."""
-    labels = get_labels(run, path)
+def export_rows(run: Path | str, flips: Iterable[dict]) -> list[dict]:
+    """Rows of :data:`EXPORT_COLUMNS`: each flip with its judge columns, one row per labeller of the flip (one row
+    with an empty label and labeller when nobody labelled it)."""
+    labels = get_labels(run)
     out = []
     for f in flips:
-        lab = labels.get(int(f["id"]))
-        out.append({
+        base = {
             "id": f["id"], "prompt": f.get("prompt", ""), "base_text": f.get("base_text", ""),
             "clamped_text": f.get("clamped_text", ""), "base_refusal": f.get("base_refusal"),
             "clamped_refusal": f.get("clamped_refusal"), "valid": f.get("valid"),
             "clamped_degenerate": f.get("clamped_degenerate"),
             "base_reasons": _reasons_text(f.get("base_reasons")), "clamped_reasons": _reasons_text(f.get("clamped_reasons")),
-            "manual_audit_label": lab.label if lab else "", "manual_audit_note": lab.note if lab else "",
-        })
+        }
+        by = labels.get(int(f["id"]), {})
+        if not by:
+            out.append({**base, "manual_audit_label": "", "manual_audit_note": "", "labeller": ""})
+        for who, lab in sorted(by.items()):
+            out.append({**base, "manual_audit_label": lab.label, "manual_audit_note": lab.note, "labeller": who})
     return out
 
 
-def export_csv(run: str, flips: Iterable[dict], path: Path | None = None) -> str:
+def export_csv(run: Path | str, flips: Iterable[dict]) -> str:
     """The CSV text of :func:`export_rows`."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS)
     writer.writeheader()
-    writer.writerows(export_rows(run, flips, path))
+    writer.writerows(export_rows(run, flips))
     return buf.getvalue()
+
+
+def label_rows(run: Path | str) -> list[dict]:
+    """The current labels as rows of :data:`CSV_COLUMNS`, one per (flip, labeller), by flip id then labeller."""
+    return [{"flip_id": fid, "label": lab.label, "labeller": who, "note": lab.note}
+            for fid, by in get_labels(run).items() for who, lab in sorted(by.items())]
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def label_csv(run: Path | str) -> str:
+    """The current labels as CSV text with :data:`CSV_COLUMNS` (what ``labels import`` reads)."""
+    return _csv_text(label_rows(run))
+
+
+def write_label_csv(run: Path | str, out: Path) -> int:
+    """Write :func:`label_csv` to ``out``, which must not exist yet. Returns the number of rows."""
+    rows = label_rows(run)
+    text = _csv_text(rows)
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise LabError(f"folder {out.parent} does not exist")
+    try:
+        with open(out, "x", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+    except FileExistsError:
+        raise LabError(f"{out} already exists; labels export never overwrites a file, pick a new name") from None
+    except OSError as exc:
+        raise LabError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return len(rows)
+
+
+def flip_ids(run: Path | str) -> set[int]:
+    """The ids in the run's ``flips.jsonl``."""
+    from engine.store.files import read_jsonl
+
+    path = run_dir(run) / "flips.jsonl"
+    if not path.is_file():
+        raise LabError(f"run directory {path.parent} has no flips.jsonl; labels belong to flips")
+    ids = set()
+    for rec in read_jsonl(path):
+        try:
+            ids.add(int(rec["id"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return ids
+
+
+def parse_label_csv(text: str, known_ids: set[int], source: str = "CSV") -> list[dict]:
+    """Check every row of a label CSV (:data:`CSV_COLUMNS`) and return its events; the first bad row raises a
+    :class:`LabError` naming it (row 1 = the first row after the header)."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames
+    if not header:
+        raise LabError(f"{source} is empty; expected the header {','.join(CSV_COLUMNS)}")
+    header = [h.strip() if h is not None else "" for h in header]
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise LabError(f"{source} has no column {', '.join(missing)}; expected exactly {','.join(CSV_COLUMNS)}")
+    extra = [h for h in header if h not in CSV_COLUMNS]
+    if extra or len(header) != len(set(header)):
+        raise LabError(f"{source} has unexpected columns {', '.join(repr(h) for h in extra) or '(a repeated column)'}; "
+                       f"expected exactly {','.join(CSV_COLUMNS)}")
+    reader.fieldnames = header
+    out: list[dict] = []
+    first_row: dict[tuple[int, str], int] = {}
+    for n, row in enumerate(reader, 1):
+        where = f"{source} row {n} (line {reader.line_num})"
+        if None in row or any(row.get(c) is None for c in CSV_COLUMNS):
+            raise LabError(f"{where} has {'more' if None in row else 'fewer'} fields than the header's {len(CSV_COLUMNS)}")
+        try:
+            fid = check_flip_id(row["flip_id"])
+            if fid not in known_ids:
+                raise LabError(f"flip id {fid} is not in the run's flips.jsonl")
+            label = row["label"].strip()
+            if label == "":
+                raise LabError(f"label is empty; choose {', '.join(LABELS)}")
+            check_label(label)
+            ev = _event(fid, label, row["labeller"], row["note"])
+        except LabError as exc:
+            raise LabError(f"{where}: {exc}") from None
+        key = (ev["flip_id"], ev["labeller"])
+        if key in first_row:
+            raise LabError(f"{where}: flip {fid} by labeller {ev['labeller']!r} is already labelled in row {first_row[key]}")
+        first_row[key] = n
+        out.append(ev)
+    return out
+
+
+def import_label_csv(run: Path | str, text: str, source: str = "CSV") -> int:
+    """Check every row against the run's flips, then append them all (one write) or nothing. Returns the count."""
+    path = run_dir(run)
+    rows = parse_label_csv(text, flip_ids(path), source)
+    return append_events(path, rows)
+
+
+def label_dicts(run: Path | str) -> list[dict]:
+    """The current labels as plain dicts (for JSON output)."""
+    return [asdict(lab) for by in get_labels(run).values() for lab in by.values()]
