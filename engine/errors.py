@@ -12,3 +12,19 @@ class LabError(Exception):
 
 class HubUnreachableError(LabError):
     """The model hub (or another remote service) could not be reached."""
+
+
+class FieldError(LabError):
+    """A bad value of one named setting.
+
+    ``field`` is the setting's name in code (``budget``); the message names it in words ("budget B must be …"), so a
+    page shows it beside its field as it is, and the command line prefixes the option (``--budget: …``).
+    """
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")

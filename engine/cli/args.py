@@ -18,7 +18,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from engine.errors import LabError
+from engine.errors import FieldError, LabError
 
 
 class Parser(argparse.ArgumentParser):
@@ -121,4 +121,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tupl
 def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
     """Build ``cls`` from the options :func:`add_dataclass_options` added (plus ``overrides``)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init and hasattr(args, f.name)}
-    return cls(**{**values, **overrides})
+    try:
+        return cls(**{**values, **overrides})
+    except FieldError as exc:  # the dataclass names the field in words; the command line adds its option
+        raise LabError(f"{exc.flag}: {exc}") from None

@@ -38,6 +38,19 @@ def check_mode(mode: str) -> ClampMode:
         raise LabError(f"unknown clamp mode {mode!r}; choose set, multiply or zero")
     return typing.cast(ClampMode, mode)
 
+
+def check_value(value) -> float:
+    """One clamp value (``set``: the feature's new activation; ``multiply``: its factor): any finite number.
+
+    Negative values are allowed on purpose: no activation function runs after the clamp and the decoder is linear, so
+    ``set`` to −c writes −c·W_dec[s] into the residual stream, a push against the feature's direction (suppressing it
+    harder than ``zero``), and ``multiply`` by −m flips the feature's sign. Both are well-defined interventions that
+    recovery and its drift metrics handle like any other value; NaN and ±inf are not."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise LabError(f"clamp values must be finite numbers, got {value!r}")
+    return float(value)
+
+
 Hook = tuple[str, Callable]
 
 
@@ -72,8 +85,8 @@ class ClampSpec:
                 self.values = self.values * len(self.features)
             if len(self.values) != len(self.features):
                 raise LabError(f"{len(self.values)} values given for {len(self.features)} features")
-            if not all(math.isfinite(v) for v in self.values):
-                raise LabError("clamp values must be finite numbers (got NaN or inf)")
+            for v in self.values:
+                check_value(v)
 
     @property
     def hook_name(self) -> str:

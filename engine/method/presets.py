@@ -17,7 +17,8 @@ from engine.paths import DEFAULT_SAE_DIR, data_dir
 
 
 def parse_features(text: str) -> list[int]:
-    """``"3,17, 42"`` → ``[3, 17, 42]``; anything else is a clear error."""
+    """``"3,17, 42"`` → ``[3, 17, 42]``; anything else is a clear error. (``auto``, the SAE's preset, is not a list
+    of indices: :func:`resolve_clamp` handles it before this is called.)"""
     out = []
     for part in text.split(","):
         part = part.strip()
@@ -26,9 +27,10 @@ def parse_features(text: str) -> list[int]:
         try:
             out.append(int(part))
         except ValueError:
-            raise LabError(f"feature index {part!r} is not an integer (expected e.g. 3,17,42 or auto)") from None
+            raise LabError(f"feature index {part!r} is not an integer (expected whole numbers separated by commas, "
+                           "e.g. 3,17,42)") from None
     if not out:
-        raise LabError("no feature indices given (expected e.g. 3,17,42 or auto)")
+        raise LabError("no feature indices given (expected whole numbers separated by commas, e.g. 3,17,42)")
     return out
 
 
@@ -71,7 +73,11 @@ def resolve_clamp(sae: LoadedSAE, features: str, mode: str | None = None, value:
         preset = load_preset(path, sae)
         values = preset.values if value is None else [value]
         return ClampSpec(sae, preset.features, check_mode(mode or preset.mode), values)
-    return ClampSpec(sae, parse_features(features), check_mode(mode or "set"), [] if value is None else [value])
+    try:
+        feats = parse_features(features)
+    except LabError as exc:  # on the command line `auto` is the other choice
+        raise LabError(f"{str(exc).removesuffix(')')}, or auto for the SAE's preset)") from None
+    return ClampSpec(sae, feats, check_mode(mode or "set"), [] if value is None else [value])
 
 
 # ---------------------------------------------------------------------------------------------- the user's presets

@@ -7,7 +7,7 @@ import typing
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from engine.errors import LabError
+from engine.errors import FieldError
 from engine.method.judge import JudgeConfig, base_likeness, judge
 
 Projection = Literal["encoder", "none", "jacobian"]
@@ -92,39 +92,33 @@ class RecoveryConfig:
     """Free-form notes saved with the run (not a command-line option)."""
 
     def __post_init__(self) -> None:
-        if self.projection not in ("encoder", "none", "jacobian"):
-            raise LabError(f"unknown projection {self.projection!r}; choose encoder, none or jacobian")
-        if self.method not in ("delta", "soft-suffix"):
-            raise LabError(f"unknown method {self.method!r}; choose delta or soft-suffix")
-        if self.where not in ("prompt", "prompt+gen"):
-            raise LabError(f"unknown --where {self.where!r}; choose prompt or prompt+gen")
-        if self.budget_kind not in ("per_position", "matrix"):
-            raise LabError(f"unknown budget kind {self.budget_kind!r}; choose per_position or matrix")
-        if not (isinstance(self.budget, int | float) and math.isfinite(self.budget)) or self.budget <= 0:
-            raise LabError(f"budget must be a positive finite number, got {self.budget}")
-        if self.drift_threshold is not None and not self.drift_threshold >= 0:
-            raise LabError(f"drift threshold must be ≥ 0, got {self.drift_threshold}")
-        if not math.isfinite(self.lr) or self.lr <= 0:
-            raise LabError(f"learning rate must be a positive finite number, got {self.lr}")
-        if self.steps < 1:
-            raise LabError(f"steps must be at least 1, got {self.steps}")
-        if not 0 <= self.boundary_steps <= self.steps:
-            raise LabError(f"boundary steps must be between 0 and steps ({self.steps}), got {self.boundary_steps}")
+        self.check()
+
+    @staticmethod
+    def check_field(name: str, value):
+        """``value`` if it is allowed for the number field ``name``, else a :class:`~engine.errors.FieldError` whose
+        message names the field in words (:data:`FIELD_LABELS`); the command line prefixes its option."""
+        return check_field(name, value)
+
+    def check(self) -> None:
+        """Every field on its own (:func:`check_field`), then the rules that tie two fields together. Raises a
+        :class:`~engine.errors.FieldError` naming the first bad field."""
+        if self.projection not in typing.get_args(Projection):
+            raise FieldError("projection", f"unknown projection {self.projection!r}; choose encoder, none or jacobian")
+        if self.method not in typing.get_args(Method):
+            raise FieldError("method", f"unknown method {self.method!r}; choose delta or soft-suffix")
+        if self.where not in typing.get_args(Where):
+            raise FieldError("where", f"unknown --where {self.where!r}; choose prompt or prompt+gen")
+        if self.budget_kind not in typing.get_args(BudgetKind):
+            raise FieldError("budget_kind", f"unknown budget kind {self.budget_kind!r}; choose per_position or matrix")
         if self.jacobian_basis not in typing.get_args(JacobianBasis):
-            raise LabError(f"unknown Jacobian basis {self.jacobian_basis!r}; choose probes, adaptive or exact")
+            raise FieldError("jacobian_basis", f"unknown Jacobian basis {self.jacobian_basis!r}; choose probes, adaptive or exact")
         if self.constraint_positions not in ("all", "answer"):
-            raise LabError(f"unknown constraint positions {self.constraint_positions!r}; choose all or answer")
-        if self.drift_penalty is not None and not (math.isfinite(self.drift_penalty) and self.drift_penalty >= 0):
-            raise LabError(f"drift penalty must be a finite number ≥ 0, got {self.drift_penalty}")
-        if self.correction_steps < 0:
-            raise LabError(f"correction steps must be ≥ 0, got {self.correction_steps}")
-        if not (math.isfinite(self.correction_lr) and self.correction_lr > 0):
-            raise LabError(f"correction learning rate must be a positive finite number, got {self.correction_lr}")
-        if not 0 < self.probe_tol < 1:
-            raise LabError(f"probe tolerance must be between 0 and 1, got {self.probe_tol}")
-        for name in ("answer_tokens", "batch_size", "max_new_tokens", "n_probes", "max_probes", "probe_every", "suffix_tokens"):
-            if getattr(self, name) < 1:
-                raise LabError(f"{name} must be at least 1, got {getattr(self, name)}")
+            raise FieldError("constraint_positions", f"unknown constraint positions {self.constraint_positions!r}; choose all or answer")
+        for name in FIELD_RULES:
+            setattr(self, name, check_field(name, getattr(self, name)))  # 3.0 steps → 3, a budget of 40 → 40.0
+        if self.boundary_steps > self.steps:
+            raise FieldError("boundary_steps", f"boundary steps must be between 0 and steps ({self.steps}), got {self.boundary_steps}")
 
     @property
     def effective_drift_threshold(self) -> float:
@@ -146,6 +140,68 @@ class RecoveryConfig:
     @classmethod
     def from_json(cls, data: dict) -> RecoveryConfig:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+SEED_MAX = 2**32 - 1
+"""The largest seed (what numpy and torch both accept, with room for the per-batch offsets added to it)."""
+
+FIELD_LABELS: dict[str, str] = {
+    "budget": "budget B", "steps": "steps", "boundary_steps": "boundary steps", "lr": "learning rate",
+    "answer_weight": "answer weight", "answer_tokens": "answer tokens", "drift_threshold": "drift threshold",
+    "delta_layer": "δ layer", "drift_penalty": "drift penalty λ", "n_probes": "probes", "max_probes": "most probes",
+    "probe_tol": "probe tolerance", "probe_every": "probe interval (steps between re-estimates)",
+    "correction_steps": "correction steps", "correction_lr": "correction learning rate",
+    "suffix_tokens": "soft-suffix tokens", "batch_size": "batch size", "max_new_tokens": "recovered answer length",
+    "seed": "seed",
+}
+"""Each number field of :class:`RecoveryConfig` in words, as messages name it (the dashboard's labels start with it)."""
+
+FIELD_RULES: dict[str, tuple] = {
+    # name: (kind, rule, may be None); a layer's range needs the model and the clamps: driver.resolve_delta_layer
+    "budget": (float, "positive", False), "lr": (float, "positive", False), "correction_lr": (float, "positive", False),
+    "answer_weight": (float, "non-negative", False), "drift_penalty": (float, "non-negative", True),
+    "drift_threshold": (float, "threshold", True), "probe_tol": (float, "fraction", False),
+    "steps": (int, "count", False), "answer_tokens": (int, "count", False), "batch_size": (int, "count", False),
+    "max_new_tokens": (int, "count", False), "n_probes": (int, "count", False), "max_probes": (int, "count", False),
+    "probe_every": (int, "count", False), "suffix_tokens": (int, "count", False),
+    "boundary_steps": (int, "zero or more", False), "correction_steps": (int, "zero or more", False),
+    "delta_layer": (int, "layer", True), "seed": (int, "seed", False),
+}
+
+
+def check_field(name: str, value):
+    """``value`` if it is allowed for the number field ``name`` of :class:`RecoveryConfig` (ints stay ints, floats
+    become floats), else a :class:`~engine.errors.FieldError` naming the field in words."""
+    kind, rule, optional = FIELD_RULES[name]
+    label = FIELD_LABELS[name]
+    if value is None:
+        if optional:
+            return None
+        raise FieldError(name, f"{label} needs a value")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FieldError(name, f"{label} must be a number, got {value!r}")
+    if kind is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise FieldError(name, f"{label} must be a whole number, got {value}")
+            value = int(value)
+        if rule == "count" and value < 1:
+            raise FieldError(name, f"{label} must be at least 1, got {value}")
+        if rule == "zero or more" and value < 0:
+            raise FieldError(name, f"{label} must be ≥ 0, got {value}")
+        if rule == "seed" and not 0 <= value <= SEED_MAX:
+            raise FieldError(name, f"{label} must be a whole number from 0 to {SEED_MAX}, got {value}")
+        return value
+    value = float(value)
+    if rule == "positive" and not (math.isfinite(value) and value > 0):
+        raise FieldError(name, f"{label} must be a positive finite number, got {value:g}")
+    if rule == "non-negative" and not (math.isfinite(value) and value >= 0):
+        raise FieldError(name, f"{label} must be a finite number ≥ 0, got {value:g}")
+    if rule == "threshold" and not value >= 0:  # inf is allowed: no threshold
+        raise FieldError(name, f"{label} must be ≥ 0, got {value:g}")
+    if rule == "fraction" and not 0 < value < 1:
+        raise FieldError(name, f"{label} must be between 0 and 1, got {value:g}")
+    return value
 
 
 @dataclass
