@@ -1,4 +1,5 @@
-"""Step 6: every saved run — open, compare two, delete, export as a zip, charts as PNG/SVG for slides."""
+"""Step 6: every saved run — open, compare two, export as a zip, charts as PNG/SVG for slides, delete to the trash and
+restore from it."""
 
 import json
 
@@ -11,10 +12,12 @@ from ui import run_views, state
 
 st.title("Runs")
 st.caption(f"Saved under `{catalogue.runs_root().resolve()}` (set `SAE_LAB_DATA` to move it). CLI runs written there show up too.")
+run_views.show_flash()
 
 runs = catalogue.list_runs()
 if not runs:
     st.info("No runs yet: make one on the Flips page (or with `python -m engine flips --out data/runs/NAME`).")
+    run_views.trash_section()
     st.stop()
 
 st.dataframe(pd.DataFrame([run_views.run_row(r) for r in runs]), hide_index=True, width="stretch")
@@ -68,14 +71,6 @@ with tab_export:
                        file_name=f"{name_x}-config.json", mime="application/json", key="export_config")
 
 with tab_delete:
-    name_d = st.selectbox("Run to delete", names, key="delete_run")
-    sure = st.checkbox(f"Yes, delete `{name_d}` and its hand labels for good", key="delete_sure")
-    if st.button("Delete run", disabled=not sure, key="delete_go"):
-        try:
-            catalogue.delete_run(name_d)
-            if state.current_run() == name_d:
-                state.set_current_run(None)
-            st.toast(f"Deleted {name_d}")
-            st.rerun()
-        except LabError as exc:
-            st.error(str(exc))
+    run_views.delete_section(names)
+
+run_views.trash_section()

@@ -60,3 +60,89 @@ def chart_downloads(info) -> None:
                            mime="image/png", key=f"png:{slug}")
         c2.download_button("SVG", data=lambda chart=chart: charts.to_svg(chart), file_name=f"{info.name}-{slug}.svg",
                            mime="image/svg+xml", key=f"svg:{slug}")
+
+
+# ------------------------------------------------------------------------------------------------ delete and trash
+
+FLASH_KEY = "runs_flash"
+
+
+def flash(message: str) -> None:
+    """A success line shown once, at the top of the Runs page, after the rerun that follows an action."""
+    st.session_state[FLASH_KEY] = message
+
+
+def show_flash() -> None:
+    message = st.session_state.pop(FLASH_KEY, None)
+    if message:
+        st.success(message)
+
+
+def _disarm(*keys: str) -> None:
+    """Untick a confirmation (and clear a picker): run as a picker's on_change, and after every action, so a
+    confirmation given for one run never carries over to the next."""
+    for key in keys:
+        st.session_state.pop(key, None)
+
+
+def delete_section(names: list[str]) -> None:
+    """Pick a run, confirm, move it to the trash. Nothing is picked at first, and the confirmation is unticked again
+    after each delete and whenever the picked run changes."""
+    from ui import state
+
+    name = st.selectbox("Run to delete", names, index=None, placeholder="Choose a run", key="delete_run",
+                        on_change=_disarm, args=("delete_sure",))
+    sure = st.checkbox(f"Yes, move `{name}` to the trash" if name else "Yes, move this run to the trash", key="delete_sure",
+                       disabled=name is None, help="A trashed run can be restored from Trash below until it is purged.")
+    if st.button("Delete run", disabled=not (name and sure), key="delete_go"):
+        try:
+            entry = catalogue.delete_run(name)
+        except LabError as exc:
+            st.error(str(exc))
+            return
+        if state.current_run() == name:
+            state.set_current_run(None)
+        _disarm("delete_sure", "delete_run")
+        flash(f"Deleted run `{name}`: it was moved to the trash (`{entry.path}`). Restore it under **Trash** at the "
+              "bottom of this page; nothing is removed for good until you purge it there.")
+        st.rerun()
+
+
+def trash_section() -> None:
+    """Trashed runs and records, newest first, each with Restore; purging (for good) has its own confirmation."""
+    from engine.store import trash
+
+    st.subheader("Trash")
+    entries = trash.list_trash()
+    if not entries:
+        st.caption("The trash is empty. Deleted runs (and recovery records) land here and can be restored until purged.")
+        return
+    st.caption(f"Deleted runs and records, kept in `{trash.trash_root().resolve()}` until purged. **Restore** puts one back "
+               "where it was (refused, with the entry kept, when that place is taken).")
+    for e in entries:
+        c1, c2 = st.columns([6, 1], vertical_alignment="center")
+        c1.markdown(f"**{e.what}** `{e.name}` · was `{e.original}` · deleted "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e.trashed_at))}")
+        if c2.button("Restore", key=f"trash_restore:{e.id}"):
+            try:
+                path = trash.restore(e.id)
+            except LabError as exc:
+                st.error(f"Not restored: {exc}")
+            else:
+                flash(f"Restored {e.what} `{e.name}` to `{path}`.")
+                st.rerun()
+    with st.expander("Delete from the trash for good"):
+        labels = {e.id: f"{e.what} {e.name} (deleted {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e.trashed_at))})"
+                  for e in entries}
+        pick = st.selectbox("Trash entry", list(labels), index=None, format_func=labels.get, placeholder="Choose an entry",
+                            key="purge_pick", on_change=_disarm, args=("purge_sure",))
+        sure = st.checkbox("Yes, delete it for good: this cannot be undone", key="purge_sure", disabled=pick is None)
+        if st.button("Delete for good", key="purge_go", disabled=not (pick and sure)):
+            try:
+                trash.purge(pick)
+            except LabError as exc:
+                st.error(str(exc))
+                return
+            _disarm("purge_sure", "purge_pick")
+            flash(f"Deleted {labels[pick]} for good.")
+            st.rerun()
