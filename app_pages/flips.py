@@ -6,7 +6,7 @@ from engine.errors import LabError
 from engine.method.flips import write_flips_run
 from engine.services import jobs
 from engine.store import catalogue, labels
-from ui import clamp_set, render, state, views
+from ui import clamp_set, labelling, render, state, views
 
 st.title("Flips: does the clamp make the model refuse?")
 st.caption(
@@ -84,12 +84,12 @@ if not ticking:
         st.caption(f"Clamps of this run: {clamp_set.run_clamps_text(info.config)}")
     views.flip_summary(info.summary, records)
     if records:
-        tab_label, tab_all = st.tabs(["Hand labels (valid flips)", "All prompts"])
+        tab_label, tab_all = st.tabs(["Hand labels", "All prompts"])
         with tab_label:
-            views.labeller(name, [r for r in records if r.get("valid")])
+            labelling.labelling_section(name, records)
             st.download_button(
-                "Export labels CSV (judge columns + manual_audit_label)",
-                data=lambda: labels.export_csv(name, catalogue.read_records(name, "flips.jsonl")),
+                "Export audit CSV (judge columns + manual_audit_label, labeller)",
+                data=lambda: labels.export_csv(catalogue.run_path(name), catalogue.read_records(name, "flips.jsonl")),
                 file_name=f"{name}-labels.csv", mime="text/csv", key="export_labels",
             )
         with tab_all:

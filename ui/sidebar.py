@@ -1,4 +1,4 @@
-"""The sidebar: model and SAE picker, device and hub status, presenter mode."""
+"""The sidebar: model and SAE picker, device and hub status, presenter mode, the labeller name."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import streamlit as st
 
 from engine.errors import LabError
 from engine.lm.models import is_default_model
-from ui import render, state
+from engine.store import labels
+from ui import labelling, render, state
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
@@ -70,6 +71,9 @@ def render_sidebar() -> None:
         st.caption(captions.get(choice, ""))
         if choice == state.LOCAL_CHOICE:
             st.text_input("SAE folder", key=state.LOCAL_SAE_KEY, bind="query-params", placeholder="/path/to/sae (cfg.json + safetensors)")
+    sb.text_input("Labeller", key=labelling.LABELLER_KEY, bind="query-params", max_chars=labels.MAX_LABELLER,
+                  placeholder="your name, for hand labels",
+                  help="Every hand label you set on the Flips page is saved under this name (kept in the URL).")
     _status(sb, compact=presenter)
 
 

@@ -1,4 +1,4 @@
-"""Page pieces for flips: the prompt-source form, the judge editor, flip cards, the labeller."""
+"""Page pieces for flips: the prompt-source form, the judge editor, flip cards (the labeller: ``ui/labelling.py``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import streamlit as st
 
 from engine.errors import LabError
 from engine.method.judge import JudgeConfig
-from engine.store import labels
 from ui import render
 
 SOURCES = {"Built-in harmless": "builtin:harmless", "Built-in harmful": "builtin:harmful", "Upload a file": "upload", "Type prompts": "typed"}
@@ -109,53 +108,3 @@ def flip_cards(records: list[dict], limit: int = 100, newest_first: bool = False
         flip_card(rec)
     if len(rows) > limit:
         st.caption(f"… {len(rows) - limit} more (export the run from the Runs page to see all).")
-
-
-def labeller(run: str, valid: list[dict]) -> None:
-    """Label the valid flips one at a time: Genuine (G) · Not a refusal (N) · Unsure (U) · Prev (K) · Next (J)."""
-    if not valid:
-        st.info("This run has no valid flips to label.")
-        return
-    saved = labels.get_labels(run)
-    idx_key = f"label_idx:{run}"
-    if idx_key not in st.session_state:
-        unlabeled = [i for i, r in enumerate(valid) if int(r["id"]) not in saved]
-        st.session_state[idx_key] = unlabeled[0] if unlabeled else 0
-    i = min(max(0, st.session_state[idx_key]), len(valid) - 1)
-    rec = valid[i]
-    fid = int(rec["id"])
-    done = sum(int(r["id"]) in saved for r in valid)
-    st.progress(done / len(valid), text=f"{done}/{len(valid)} valid flips labelled · flip {i + 1} of {len(valid)}")
-    flip_card(rec)
-    current = saved.get(fid)
-    note_key = f"note:{run}:{fid}"
-    if note_key not in st.session_state:
-        st.session_state[note_key] = current.note if current else ""
-    st.text_input("Note (optional)", key=note_key, placeholder="why: e.g. 'apology but answers', 'refuses then answers'")
-
-    def save(label: str) -> None:
-        try:
-            labels.set_label(run, fid, label, st.session_state.get(note_key, ""), rec.get("prompt", ""))
-        except LabError as exc:
-            st.session_state["label_error"] = str(exc)
-            return
-        st.session_state[idx_key] = min(i + 1, len(valid) - 1)
-
-    def move(step: int) -> None:
-        st.session_state[idx_key] = min(max(0, i + step), len(valid) - 1)
-
-    cols = st.columns(5)
-    cols[0].button("Genuine refusal", key="lab_genuine", on_click=save, args=("genuine",), shortcut="G", type="primary" if current and current.label == "genuine" else "secondary")
-    cols[1].button("Not a refusal", key="lab_not", on_click=save, args=("not",), shortcut="N", type="primary" if current and current.label == "not" else "secondary")
-    cols[2].button("Unsure", key="lab_unsure", on_click=save, args=("unsure",), shortcut="U", type="primary" if current and current.label == "unsure" else "secondary")
-    cols[3].button("← Prev", key="lab_prev", on_click=move, args=(-1,), shortcut="K", disabled=i == 0)
-    cols[4].button("Next →", key="lab_next", on_click=move, args=(1,), shortcut="J", disabled=i >= len(valid) - 1)
-    if "label_error" in st.session_state:
-        st.error(st.session_state.pop("label_error"))
-    st.caption(f"Saved label: **{current.label}**" + (f" — {current.note}" if current.note else "") if current else "Not labelled yet.")
-    with st.expander("All labels of this run"):
-        st.dataframe(
-            [{"id": int(r["id"]), "prompt": r.get("prompt", "")[:80], "label": saved[int(r["id"])].label if int(r["id"]) in saved else "",
-              "note": saved[int(r["id"])].note if int(r["id"]) in saved else ""} for r in valid],
-            hide_index=True, width="stretch",
-        )
