@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+from engine.store.records import get_record
 import math
 
 import pytest
@@ -57,10 +59,12 @@ def test_attribute_cli_writes_files_and_full_replay_reproduces_recovery(recovere
 
     capsys.readouterr()
     assert main(["attribute", "--run", str(recovered_run), "--top-k", "4"]) == 0
-    summary = json.loads((recovered_run / "attribution_summary.json").read_text())
+    record = get_record(recovered_run).path
+    summary = json.loads((record / "attribution_summary.json").read_text())
     assert summary["n"] == 3 and set(summary["components"]) >= {"full", "clamped", "non_clamped", "topk", "residual", "knockout"}
-    recs = [json.loads(x) for x in (recovered_run / "attribution.jsonl").read_text().splitlines()]
-    recovered = {r["id"]: r for r in map(json.loads, (recovered_run / "recovery.jsonl").read_text().splitlines())}
+    assert summary["recovery"] == record.name
+    recs = [json.loads(x) for x in (record / "attribution.jsonl").read_text().splitlines()]
+    recovered = {r["id"]: r for r in map(json.loads, (record / "recovery.jsonl").read_text().splitlines())}
     for rec in recs:
         assert rec["components"]["full"]["text"] == recovered[rec["id"]]["recovered_text"]
         assert len(rec["top_features"]) <= 4
@@ -132,8 +136,13 @@ def test_bad_attribution_inputs(tmp_path, recovered_run, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "flips.jsonl").write_text("")
     assert main(["attribute", "--run", str(tmp_path / "run")]) == 2
-    assert "no recovery.jsonl" in capsys.readouterr().err
+    assert "no recovery yet" in capsys.readouterr().err
+    assert main(["attribute", "--run", str(recovered_run), "--recovery", "nope"]) == 2
+    assert "no recovery named 'nope'" in capsys.readouterr().err
     assert main(["attribute", "--run", str(recovered_run), "--top-k", "-1"]) == 2
     assert "--top-k" in capsys.readouterr().err
-    assert main(["attribute", "--run", str(recovered_run), "--top-k", "65"]) == 2
+    assert main(["recover", "--run", str(recovered_run), "--name", "short", "--steps", "1", "--max-new-tokens", "4"]) == 0
+    capsys.readouterr()
+    assert main(["attribute", "--run", str(recovered_run), "--recovery", "short", "--top-k", "65"]) == 2
     assert "exceeds" in capsys.readouterr().err
+    assert not (recovered_run / "recoveries" / "short" / "attribution.jsonl").exists()  # refused before any file

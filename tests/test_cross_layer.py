@@ -18,6 +18,7 @@ from engine.recovery.config import RecoveryConfig
 from engine.recovery.objective import DeltaObjective
 from engine.recovery.optimize import optimize_delta
 from engine.recovery.problem import build_problem
+from engine.store.records import get_record
 
 PROMPTS = ["hi there", "tell me a story", "why is it so"]
 L1, L2 = "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"
@@ -188,17 +189,17 @@ def test_cli_cross_layer_recover_and_attribute_through_the_delta_layer_sae(tmp_p
     assert "choose the jacobian projection" in capsys.readouterr().err
     recover = ["--projection", "jacobian", "--steps", "3", "--max-new-tokens", "4", "--n-probes", "2", "--correction-steps", "1"]
     assert main(["recover", "--run", str(run), *recover]) == 0, capsys.readouterr().err
-    summary = json.loads((run / "recovery_summary.json").read_text())
+    summary = json.loads((get_record(run).path / "recovery_summary.json").read_text())
     assert set(summary["drift_per_layer"]) == {L1, L2} and summary["config"]["delta_layer"] == 1
     assert main(["attribute", "--run", str(run), "--top-k", "3"]) == 0, capsys.readouterr().err
-    attr = [json.loads(x) for x in (run / "attribution.jsonl").read_text().splitlines()]
+    attr = [json.loads(x) for x in (get_record(run).path / "attribution.jsonl").read_text().splitlines()]
     assert len(attr) == 2 and attr[0]["layer"] == 1
     assert main(["recover", "--run", str(low), *recover, "--delta-layer", "0"]) == 0, capsys.readouterr().err
     capsys.readouterr()
     assert main(["attribute", "--run", str(low)]) == 2
     assert "pass --sae" in capsys.readouterr().err
     assert main(["attribute", "--run", str(low), "--sae", "tiny:blocks.0.hook_resid_post", "--top-k", "3"]) == 0
-    summary = json.loads((low / "attribution_summary.json").read_text())
+    summary = json.loads((get_record(low).path / "attribution_summary.json").read_text())
     assert summary["sae"] == "tiny:blocks.0.hook_resid_post" and summary["components"]["clamped"]["mean_base_logprob_gain"] == 0.0
     assert main(["recover", "--run", str(low), "--delta-layer", "2"]) == 2
     assert "above the lowest clamp" in capsys.readouterr().err

@@ -232,16 +232,21 @@ def test_recover_and_sweep_cli_write_documented_files(tmp_path, capsys):
     (run / "flips.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     capsys.readouterr()
     assert main(["recover", "--run", str(run), "--steps", "5", "--max-new-tokens", "6"]) == 0
-    summary = json.loads((run / "recovery_summary.json").read_text())
+    out = json.loads(capsys.readouterr().out)
+    record = run / "recoveries" / out["name"]
+    assert out["dir"] == str(record) and out["valid"] == "judge"
+    summary = json.loads((record / "recovery_summary.json").read_text())
     for key in ("n_valid", "non_refusal_recovery", "base_like_recovery", "strict_base_like_recovery", "mean_drift",
                 "mean_floor_violation", "ci"):
         assert key in summary
-    rec = [json.loads(x) for x in (run / "recovery.jsonl").read_text().splitlines()]
+    rec = [json.loads(x) for x in (record / "recovery.jsonl").read_text().splitlines()]
     assert len(rec) == 3 and {"recovered_text", "drift", "floor_violation", "delta_rel_norm", "loss_history"} <= set(rec[0])
-    assert len(list((run / "deltas").glob("*.safetensors"))) == 3
-    assert main(["sweep", "--run", str(run), "--budgets", "0,2,5", "--steps", "3", "--max-new-tokens", "4"]) == 0
-    sweep = json.loads((run / "sweep.json").read_text())
+    assert len(list((record / "deltas").glob("*.safetensors"))) == 3
+    assert json.loads((record / "recovery_config.json").read_text())["flip_ids"] == [0, 1, 2]
+    assert main(["sweep", "--run", str(run), "--name", "s1", "--budgets", "0,2,5", "--steps", "3", "--max-new-tokens", "4"]) == 0
+    sweep = json.loads((run / "recoveries" / "s1" / "sweep.json").read_text())
     assert [p["budget"] for p in sweep["points"]] == [0.0, 2.0, 5.0]
+    assert (run / "recoveries" / "s1" / "budget_2" / "recovery.jsonl").is_file()
     assert sweep["points"][0]["mean_delta_rel_norm"] == 0.0
 
 

@@ -1,7 +1,7 @@
 """Replaying each component of δ alone under the active clamp: generation, judge, base log-prob gain.
 
-Reads a run's ``recovery.jsonl``, ``recovery_config.json`` and ``deltas/``; writes ``attribution.jsonl`` (one
-record per recovered prompt) and ``attribution_summary.json`` (counts per component, mean log-prob gains with
+Reads one recovery record's ``recovery.jsonl``, ``recovery_config.json`` and ``deltas/`` (``RUN/recoveries/<name>/``);
+writes into the same record ``attribution.jsonl`` (one record per recovered prompt), ``attribution_config.json`` and ``attribution_summary.json`` (counts per component, mean log-prob gains with
 95 % intervals, and the paper's numbers beside ours).
 """
 
@@ -28,12 +28,17 @@ from engine.recovery.objective import DeltaObjective
 from engine.recovery.problem import build_problem, delta_hook
 from engine.recovery.replay import Perturbation, batch_from_perturbations, replay_hooks
 from engine.store.context import open_run
-from engine.store.files import JsonlWriter, existing_run, read_json, read_jsonl, write_json
+from engine.store.files import JsonlWriter, existing_run, read_json, read_jsonl, resume_records, write_json
+from engine.store.records import check_resume, get_record
 
 logger = logging.getLogger(__name__)
 
 PAPER = {"n": 24, "full": 23, "residual": 23, "non_clamped": 2, "topk": 1, "clamped": 0, "knockout": 21}
 """Cui, Shen, Yang (2026), gemma-2-2b-it + Gemma Scope, AdvBench strict-valid flips: non-refusal counts."""
+
+
+ATTRIBUTION_BATCH = 4
+"""Records replayed together (a resume redoes a whole batch)."""
 
 
 def check_top_k(top_k: int) -> int:
@@ -53,22 +58,29 @@ def load_perturbation(run: Path, flip_id: int) -> Perturbation:
     return Perturbation(t["rows"], t.get("gen"))
 
 
-def attribution_sae(objective: DeltaObjective, given: LoadedSAE | None) -> tuple[LoadedSAE, list[int]]:
+def attribution_sae(specs: Sequence[ClampSpec], layer: int, given: LoadedSAE | None,
+                    top_k: int = 0) -> tuple[LoadedSAE, list[int]]:
     """The SAE δ is decomposed through (the paper's choice: the one at δ's layer) and its clamped features.
 
     The clamped SAE at δ's hook when there is one; otherwise ``given`` (``--sae``), which must read δ's hook.
+    ``top_k`` is checked against its width.
     """
-    hook = delta_hook(objective.problem.delta_layer)
-    if objective.same_layer:
-        sae = objective.same_layer[0].sae
+    hook = delta_hook(layer)
+    same_layer = [s for s in specs if s.hook_name == hook]
+    if same_layer:
+        sae = same_layer[0].sae
         if given is not None and given.source != sae.source:
             raise LabError(f"δ's layer already has the clamped SAE {sae.source}; attribution goes through it, so drop --sae")
-        return sae, sorted({f for s in objective.same_layer if s.sae is sae for f in s.features})
-    if given is None:
+        feats = sorted({f for s in same_layer if s.sae is sae for f in s.features})
+    elif given is None:
         raise LabError(f"δ sits at {hook}, where no clamped SAE reads; pass --sae SPEC with an SAE at {hook} to attribute through it")
-    if given.hook_name != hook:
+    elif given.hook_name != hook:
         raise LabError(f"the SAE {given.source} reads {given.hook_name}, but δ sits at {hook}")
-    return given, []
+    else:
+        sae, feats = given, []
+    if top_k > sae.d_sae:
+        raise LabError(f"--top-k {top_k} exceeds the SAE's d_sae={sae.d_sae}")
+    return sae, feats
 
 
 def attribute_batch(
@@ -80,9 +92,7 @@ def attribute_batch(
     with torch.no_grad():
         problem = build_problem(lm, specs, records, answer_tokens, layer)
         objective = DeltaObjective(lm, specs, problem)
-        sae, clamped_feats = attribution_sae(objective, sae)
-        if top_k > sae.d_sae:
-            raise LabError(f"--top-k {top_k} exceeds the SAE's d_sae={sae.d_sae}")
+        sae, clamped_feats = attribution_sae(specs, layer, sae, top_k)
         rows, gen = batch_from_perturbations(problem, list(perts))
         delta = objective.perturbation(rows, gen)  # [batch, pos, d_model]
         moved = problem.pooled & (delta.abs().sum(-1) > 0)
@@ -129,18 +139,18 @@ def summarize_attribution(records: Sequence[dict], components: Sequence[str] = C
 
 
 def attribute_records(
-    lm: LoadedModel, specs: Sequence[ClampSpec], run: Path, records: Sequence[dict], top_k: int, judge_cfg: JudgeConfig,
-    batch_size: int = 4, cancel: threading.Event | None = None, on_record: Callable[[dict], None] | None = None,
+    lm: LoadedModel, specs: Sequence[ClampSpec], record_dir: Path, records: Sequence[dict], top_k: int, judge_cfg: JudgeConfig,
+    batch_size: int = ATTRIBUTION_BATCH, cancel: threading.Event | None = None, on_record: Callable[[dict], None] | None = None,
     sae: LoadedSAE | None = None,
 ) -> Iterator[dict]:
-    cfg = read_json(run / "recovery_config.json")
+    cfg = read_json(record_dir / "recovery_config.json")
     if cfg.get("method") == "soft-suffix":
         raise LabError("a soft-suffix run has no residual δ to decompose; attribute a δ recovery run")
     for start in range(0, len(records), batch_size):
         if cancel is not None and cancel.is_set():
             return
         chunk = list(records[start : start + batch_size])
-        perts = [load_perturbation(run, int(r["id"])) for r in chunk]
+        perts = [load_perturbation(record_dir, int(r["id"])) for r in chunk]
         for rec in attribute_batch(lm, specs, chunk, perts, int(cfg["delta_layer"]), int(cfg["answer_tokens"]), top_k,
                                    int(cfg["max_new_tokens"]), judge_cfg, sae=sae):
             if on_record is not None:
@@ -150,28 +160,46 @@ def attribute_records(
 
 def run_attribution(run_dir: str | Path, top_k: int = 10, lm: LoadedModel | None = None, limit: int | None = None,
                     cancel: threading.Event | None = None, on_record: Callable[[dict], None] | None = None,
-                    sae_spec: str | None = None) -> dict:
-    """Attribute every recovered prompt of a run and write the two attribution files.
+                    sae_spec: str | None = None, recovery: str | None = None, resume: bool = False) -> dict:
+    """Attribute every recovered prompt of one recovery record and write its two attribution files.
 
-    ``sae_spec``: an SAE at δ's layer, needed only when no clamp of the run reads that layer.
+    ``recovery``: the record's name (default: the newest recovery of the run; the result names it). ``sae_spec``: an
+    SAE at δ's layer, needed only when no clamp of the run reads that layer. ``resume``: continue an interrupted
+    attribution of that record with the same settings; without it an existing attribution is never overwritten.
     """
     check_top_k(top_k)
-    run = existing_run(run_dir, "recovery.jsonl")
-    records = read_jsonl(run / "recovery.jsonl")
+    run = existing_run(run_dir, "flips.jsonl")
+    record = get_record(run, recovery, "recovery")
+    out = record.path
+    if not (out / "recovery.jsonl").is_file():
+        raise LabError(f"recovery {record.name!r} has no recovered flips yet; run or resume it first")
+    if record.config.get("method") == "soft-suffix":
+        raise LabError("a soft-suffix run has no residual δ to decompose; attribute a δ recovery run")
+    records = read_jsonl(out / "recovery.jsonl", torn_tail=True)
     if not records:
-        raise LabError(f"{run / 'recovery.jsonl'} is empty; nothing to attribute")
+        raise LabError(f"{out / 'recovery.jsonl'} is empty; nothing to attribute")
     if limit is not None:
         records = records[:limit]
+    settings = {"top_k": top_k, "sae": sae_spec, "limit": limit, "flip_ids": [int(r["id"]) for r in records]}
+    saved = out / "attribution_config.json"
+    if (out / "attribution.jsonl").exists() and not resume:
+        raise LabError(f"recovery {record.name!r} already has an attribution; resume it (same settings), or attribute "
+                       "another recovery")
+    if saved.is_file() and resume:
+        check_resume(read_json(saved), settings, f"the attribution of {record.name!r}")
     ctx = open_run(run, lm=lm)
     sae = load_sae(sae_spec, ctx.lm) if sae_spec else None
-    done = []
-    with JsonlWriter(run / "attribution.jsonl") as fh:
-        for rec in attribute_records(ctx.lm, ctx.specs, run, records, top_k, ctx.judge, cancel=cancel, on_record=on_record, sae=sae):
+    attribution_sae(ctx.specs, int(record.config.get("delta_layer", -1)), sae, top_k)  # bad input fails before any file
+    write_json(saved, settings)
+    done = resume_records(out / "attribution.jsonl", settings["flip_ids"], ATTRIBUTION_BATCH)
+    with JsonlWriter(out / "attribution.jsonl", append=True) as fh:
+        for rec in attribute_records(ctx.lm, ctx.specs, out, records[len(done):], top_k, ctx.judge, cancel=cancel,
+                                     on_record=on_record, sae=sae):
             fh.write(rec)
             done.append(rec)
             logger.info("attributed flip %d", rec["id"])
     summary = summarize_attribution(done)
-    summary["top_k"] = top_k
-    summary["sae"] = sae.source if sae is not None else None
-    write_json(run / "attribution_summary.json", summary)
-    return summary
+    summary.update(top_k=top_k, sae=sae.source if sae is not None else None, recovery=record.name,
+                   n_total=len(records), cancelled=len(done) < len(records))
+    write_json(out / "attribution_summary.json", summary)
+    return {**summary, "dir": str(out)}

@@ -27,6 +27,7 @@ def add_command(sub) -> None:
     f.add_argument("--limit", type=integer, default=None, help="use the first N prompts")
     f.add_argument("--seed", type=integer, default=0)
     f.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    f.add_argument("--resume", action="store_true", help="continue an interrupted flips run in the same --out (same settings)")
     f.add_argument("--judge", default=None, help="JSON file of judge lists/thresholds (engine.method.judge.JudgeConfig)")
     f.set_defaults(handler=cmd_flips)
 
@@ -45,6 +46,8 @@ def cmd_flips(args) -> dict:
     # Cheap checks first, so bad input fails before the model loads.
     prompts = load_prompts(args.prompts, args.limit)
     run = prepare_run_dir(args.out)
+    if (run / "flips.jsonl").exists() and not args.resume:
+        raise LabError(f"{run} already holds a flips run; pass --resume to continue it, or choose a new --out")
     judge_cfg = JudgeConfig.from_json(read_json(Path(args.judge))) if args.judge else JudgeConfig()
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
     rows = None
@@ -66,4 +69,4 @@ def cmd_flips(args) -> dict:
     def log(row: dict) -> None:
         logger.info("prompt %d/%d valid=%s", row["id"] + 1, len(prompts), row["valid"])
 
-    return write_flips_run(lm, specs, prompts, gen, judge_cfg, run, settings, on_record=log)
+    return write_flips_run(lm, specs, prompts, gen, judge_cfg, run, settings, on_record=log, resume=args.resume)

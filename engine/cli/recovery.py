@@ -10,6 +10,7 @@ import logging
 
 from engine.cli.args import add_dataclass_options, dataclass_from_args, float_list, integer
 from engine.recovery.config import RecoveryConfig, StepEvent
+from engine.store.valid_set import VALID_CHOICES, VALID_HELP
 
 logger = logging.getLogger(__name__)
 
@@ -18,34 +19,49 @@ def _run_options(p) -> None:
     p.add_argument("--run", required=True, help="a run directory written by `flips`")
     p.add_argument("--limit", type=integer, default=None, help="use only the first N records")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | mps (default: the run's)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted record with the same settings")
+
+
+def _record_options(p, kind: str) -> None:
+    p.add_argument("--name", default=None, help=f"name of the {kind} record under RUN/recoveries/ (default: generated "
+                   f"from projection, budget and time; with --resume: the newest {kind})")
+    p.add_argument("--valid", default="judge", choices=VALID_CHOICES,
+                   help="which flips to use: " + "; ".join(f"{k} = {v}" for k, v in VALID_HELP.items()))
 
 
 def add_commands(sub) -> None:
     r = sub.add_parser("recover", help="optimise δ under the clamp for each valid flip")
     _run_options(r)
+    _record_options(r, "recovery")
     add_dataclass_options(r, RecoveryConfig)
     r.set_defaults(handler=cmd_recover)
     s = sub.add_parser("sweep", help="recovery at several budgets (0 = defended model)")
     _run_options(s)
+    _record_options(s, "sweep")
     s.add_argument("--budgets", required=True, type=float_list, help="comma-separated budgets, e.g. 0,2,5,10,20")
     add_dataclass_options(s, RecoveryConfig, skip=("budget",))
     s.set_defaults(handler=cmd_sweep)
     a = sub.add_parser("attribute", help="decompose each recovered δ and replay its parts under the clamp")
     _run_options(a)
     a.add_argument("--top-k", type=integer, default=10, help="number of top non-clamped features (0..d_sae)")
+    a.add_argument("--recovery", default=None, help="the recovery record to attribute (default: the newest)")
     a.add_argument("--sae", default=None, help="an SAE at δ's layer, when no clamp of the run reads it (default: the clamped one)")
     a.set_defaults(handler=cmd_attribute)
 
 
-def _open(args, needs: str):
+def _open(args, valid: str | None):
     """The run directory and its model, after the cheap checks (so bad input fails before anything loads)."""
     from engine.lm.loading import load_model
-    from engine.recovery.driver import valid_flips
     from engine.store.files import existing_run, read_json
+    from engine.store.records import check_name
+    from engine.store.valid_set import valid_flips
 
-    run = existing_run(args.run, needs)
-    if needs == "flips.jsonl":
-        valid_flips(run, args.limit)
+    run = existing_run(args.run, "flips.jsonl")
+    if valid is not None:
+        valid_flips(run, args.limit, valid)
+    for name in (getattr(args, "name", None), getattr(args, "recovery", None)):
+        if name is not None:
+            check_name(name)
     config = read_json(run / "config.json")
     return run, load_model(config["model"], args.device or config.get("device", "auto"))
 
@@ -54,8 +70,9 @@ def cmd_recover(args) -> dict:
     from engine.recovery.driver import run_recovery
 
     cfg = dataclass_from_args(RecoveryConfig, args)
-    run, lm = _open(args, "flips.jsonl")
-    return run_recovery(run, cfg, lm=lm, limit=args.limit, on_event=_log_event)
+    run, lm = _open(args, args.valid)
+    return run_recovery(run, cfg, lm=lm, limit=args.limit, on_event=_log_event, name=args.name, resume=args.resume,
+                        valid=args.valid)
 
 
 def cmd_sweep(args) -> dict:
@@ -63,16 +80,23 @@ def cmd_sweep(args) -> dict:
 
     check_budgets(args.budgets)
     cfg = dataclass_from_args(RecoveryConfig, args, budget=1.0)
-    run, lm = _open(args, "flips.jsonl")
-    return run_sweep(run, args.budgets, cfg, lm=lm, limit=args.limit, on_event=_log_event)
+    run, lm = _open(args, args.valid)
+    return run_sweep(run, args.budgets, cfg, lm=lm, limit=args.limit, on_event=_log_event, name=args.name,
+                     resume=args.resume, valid=args.valid)
 
 
 def cmd_attribute(args) -> dict:
     from engine.attribution.driver import check_top_k, run_attribution
+    from engine.store.files import existing_run
+    from engine.store.records import get_record
 
     check_top_k(args.top_k)
-    run, lm = _open(args, "recovery.jsonl")
-    return run_attribution(run, args.top_k, lm=lm, limit=args.limit, sae_spec=args.sae)
+    record = get_record(existing_run(args.run, "flips.jsonl"), args.recovery, "recovery")
+    run, lm = _open(args, None)
+    if args.recovery is None:
+        logger.info("attributing the newest recovery of %s: %s", run, record.name)
+    return run_attribution(run, args.top_k, lm=lm, limit=args.limit, sae_spec=args.sae, recovery=record.name,
+                           resume=args.resume)
 
 
 def _log_event(ev: StepEvent) -> None:

@@ -7,6 +7,7 @@ either can continue a run the other started.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +19,7 @@ from engine.lm.models import LoadedModel
 from engine.method.clamp import ClampSpec
 from engine.method.generation import GenerationConfig, generate
 from engine.method.judge import JudgeConfig, judge
-from engine.store.files import JsonlWriter, write_json
+from engine.store.files import JsonlWriter, read_json, resume_records, write_json
 
 
 @dataclass
@@ -49,11 +50,15 @@ def run_flips(
     gen: GenerationConfig | None = None,
     judge_cfg: JudgeConfig | None = None,
     cancel: threading.Event | None = None,
+    start_at: int = 0,
 ) -> Iterator[FlipRecord]:
-    """Base and clamped answers, judged, streamed one prompt at a time (in batches of ``gen.batch_size``)."""
+    """Base and clamped answers, judged, streamed one prompt at a time (in batches of ``gen.batch_size``).
+
+    ``start_at``: skip the first prompts (a resume; a multiple of the batch size, so batches stay the same).
+    """
     gen = gen or GenerationConfig()
     judge_cfg = judge_cfg or JudgeConfig()
-    for start in range(0, len(prompts), gen.batch_size):
+    for start in range(start_at, len(prompts), gen.batch_size):
         if cancel is not None and cancel.is_set():
             return
         chunk = list(prompts[start : start + gen.batch_size])
@@ -105,11 +110,14 @@ def write_flips_run(
     settings: dict,
     cancel: threading.Event | None = None,
     on_record: Callable[[dict], None] | None = None,
+    resume: bool = False,
 ) -> dict:
     """Run base vs clamped on ``prompts`` into ``run_dir`` (``config.json``, ``flips.jsonl``, ``summary.json``).
 
     ``settings`` adds to ``config.json`` (model load name, prompt source, limit, ``source``: cli or dashboard).
-    Returns the summary. A cancelled run keeps the records it finished and still gets a summary.
+    Returns the summary. A cancelled run keeps the records it finished and still gets a summary. A folder that
+    already holds flips is refused unless ``resume``: then the settings must match, whole finished batches are kept
+    and the rest is run.
     """
     if not prompts:
         raise LabError("no prompts to run")
@@ -117,18 +125,38 @@ def write_flips_run(
         "command": "flips", "model": settings.get("model", lm.name), "model_id": lm.name, "sae": specs[0].sae.source,
         "device": str(lm.device), "seed": gen.seed, "max_new_tokens": gen.max_new_tokens, "batch_size": gen.batch_size,
         "clamps": [s.to_json() for s in specs], "judge": judge_cfg.to_json(), "created": time.time(),
-        **{k: v for k, v in settings.items() if k not in ("model",)},
+        "n_prompts": len(prompts), **{k: v for k, v in settings.items() if k not in ("model",)},
     }
-    write_json(run_dir / "config.json", config)
-    records = []
-    with JsonlWriter(run_dir / "flips.jsonl") as out:
-        for rec in run_flips(lm, specs, prompts, gen, judge_cfg, cancel):
+    records = _start_or_resume(run_dir, config, prompts, gen.batch_size, resume)
+    with JsonlWriter(run_dir / "flips.jsonl", append=True) as out:
+        for rec in run_flips(lm, specs, prompts, gen, judge_cfg, cancel, start_at=len(records)):
             row = rec.to_json()
             out.write(row)
             records.append(row)
             if on_record is not None:
                 on_record(row)
     summary = summarize_flips(records, specs)
-    summary["cancelled"] = bool(cancel is not None and cancel.is_set() and len(records) < len(prompts))
+    summary["cancelled"] = len(records) < len(prompts)
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+_RESUME_IGNORED = ("created", "device", "source")
+
+
+def _start_or_resume(run_dir: Path, config: dict, prompts: Sequence[str], batch_size: int, resume: bool) -> list[dict]:
+    """Write ``config.json`` for a fresh run, or check it and return the records a resume keeps."""
+    from engine.store.records import check_resume
+
+    exists = (run_dir / "flips.jsonl").exists()
+    if not resume:
+        if exists:
+            raise LabError(f"{run_dir} already holds a flips run; resume it, or write to a new folder")
+        write_json(run_dir / "config.json", config)
+        return []
+    if not (run_dir / "config.json").is_file():
+        raise LabError(f"{run_dir} has no flips run to resume (no config.json)")
+    saved = read_json(run_dir / "config.json")
+    check_resume({k: v for k, v in saved.items() if k not in _RESUME_IGNORED},
+                 {k: v for k, v in json.loads(json.dumps(config)).items() if k not in _RESUME_IGNORED}, f"the flips run {run_dir}")
+    return resume_records(run_dir / "flips.jsonl", list(range(len(prompts))), batch_size)

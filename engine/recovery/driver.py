@@ -1,7 +1,8 @@
 """Recovering the valid flips of a run directory: batches, generation with the kept δ, judging, files.
 
-Writes ``recovery.jsonl`` (docs/CLI.md), ``recovery_summary.json``, ``recovery_config.json`` and one
-``deltas/<id>.safetensors`` per prompt (``rows`` aligned to the prompt's tokens, optional ``gen``).
+Each recovery is its own record ``RUN/recoveries/<name>/`` (``engine.store.records``): ``recovery.jsonl``
+(docs/CLI.md), ``recovery_summary.json``, ``recovery_config.json`` and one ``deltas/<id>.safetensors`` per prompt
+(``rows`` aligned to the prompt's tokens, optional ``gen``). A killed recovery resumes from its last whole batch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import LabError
 from engine.lm.models import LoadedModel
 from engine.method.clamp import ClampSpec
 from engine.method.generation import GenerationConfig, generate
@@ -24,22 +24,12 @@ from engine.recovery.objective import DeltaObjective
 from engine.recovery.optimize import DeltaResult, optimize_delta
 from engine.recovery.problem import build_problem, check_delta_layer, default_delta_layer
 from engine.recovery.replay import Perturbation, perturbations_from_batch, replay_hooks
-from engine.store.context import open_run
-from engine.store.files import JsonlWriter, existing_run, read_jsonl, write_json
+from engine.store.context import RunContext, open_run
+from engine.store.files import JsonlWriter, existing_run, resume_records, write_json
+from engine.store.records import check_name, check_resume, create_record, get_record
+from engine.store.valid_set import valid_flips
 
 logger = logging.getLogger(__name__)
-
-
-def valid_flips(run: Path, limit: int | None = None) -> list[dict]:
-    """The valid flips of a run (``valid`` as judged in ``flips.jsonl``), the first ``limit`` of them."""
-    rows = [r for r in read_jsonl(run / "flips.jsonl") if r.get("valid")]
-    if not rows:
-        raise LabError(f"run {run} has no valid flips to recover (flips.jsonl has none with valid=true)")
-    if limit is not None:
-        if limit < 1:
-            raise LabError(f"--limit must be a positive number of flips, got {limit}")
-        rows = rows[:limit]
-    return rows
 
 
 def resolve_delta_layer(cfg: RecoveryConfig, specs: Sequence[ClampSpec], n_layers: int) -> int:
@@ -119,6 +109,53 @@ def recover_flips(
             yield result, perts[b]
 
 
+def recovery_settings(cfg: RecoveryConfig, layer: int, flips: Sequence[dict], valid: str, limit: int | None,
+                      zero_delta: bool) -> dict:
+    """What ``recovery_config.json`` records; a resume must match it (``engine.store.records.check_resume``)."""
+    return {**cfg.to_json(), "delta_layer": layer, "zero_delta": zero_delta, "valid": valid, "limit": limit,
+            "flip_ids": [int(f["id"]) for f in flips]}
+
+
+def recover_into(
+    out: Path,
+    ctx: RunContext,
+    flips: Sequence[dict],
+    cfg: RecoveryConfig,
+    settings: dict,
+    on_event: Callable[[StepEvent], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> dict:
+    """Recover ``flips`` into the record folder ``out`` (``settings``: :func:`recovery_settings`), continuing whatever whole batches it already holds.
+
+    Each δ is saved before its record line, so a record always has its δ. The summary is recomputed from every
+    record of the folder, old and new.
+    """
+    from safetensors.torch import save_file
+
+    (out / "deltas").mkdir(parents=True, exist_ok=True)
+    layer = resolve_delta_layer(cfg, ctx.specs, ctx.lm.n_layers)
+    ids = [int(f["id"]) for f in flips]
+    records = resume_records(out / "recovery.jsonl", ids, cfg.batch_size)
+    if records:
+        logger.info("%s: %d of %d flips already recovered; continuing", out.name, len(records), len(flips))
+    todo = list(flips[len(records):])
+    with JsonlWriter(out / "recovery.jsonl", append=True) as fh:
+        for result, pert in recover_flips(ctx.lm, ctx.specs, todo, cfg, ctx.judge, on_event, cancel, settings["zero_delta"]):
+            tensors = {"rows": pert.rows.cpu().contiguous()}
+            if pert.gen is not None:
+                tensors["gen"] = pert.gen.cpu().contiguous()
+            tmp = out / "deltas" / f"{result.id}.safetensors.tmp"
+            save_file(tensors, str(tmp), metadata={"layer": str(layer)})
+            tmp.replace(out / "deltas" / f"{result.id}.safetensors")
+            fh.write(result.to_json())
+            records.append(result.to_json())
+            logger.info("recovered flip %d: non_refusal=%s drift=%.4f", result.id, result.non_refusal, result.drift)
+    summary = metrics.summarize(records, {**cfg.to_json(), "delta_layer": layer})
+    summary.update(n_total=len(flips), cancelled=len(records) < len(flips), valid=settings["valid"])
+    write_json(out / "recovery_summary.json", summary)
+    return summary
+
+
 def run_recovery(
     run_dir: str | Path,
     cfg: RecoveryConfig,
@@ -126,30 +163,28 @@ def run_recovery(
     on_event: Callable[[StepEvent], None] | None = None,
     cancel: threading.Event | None = None,
     limit: int | None = None,
-    out_dir: str | Path | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    valid: str = "judge",
     zero_delta: bool = False,
 ) -> dict:
-    """Recover the valid flips of ``run_dir`` and write the recovery files (into ``out_dir``, default the run)."""
-    from safetensors.torch import save_file
+    """Recover the valid flips of ``run_dir`` into a new record ``recoveries/<name>/`` (or resume one).
 
+    ``resume``: continue the record ``name`` (default: the newest recovery) with the same settings. Returns the
+    summary with the record's ``name`` and ``dir``.
+    """
     run = existing_run(run_dir, "flips.jsonl")
-    flips = valid_flips(run, limit)
+    flips = valid_flips(run, limit, valid)
+    if name is not None:
+        check_name(name)
     ctx = open_run(run, lm=lm)
-    out = Path(out_dir) if out_dir else run
-    (out / "deltas").mkdir(parents=True, exist_ok=True)
     layer = resolve_delta_layer(cfg, ctx.specs, ctx.lm.n_layers)
-    write_json(out / "recovery_config.json", {**cfg.to_json(), "delta_layer": layer, "zero_delta": zero_delta})
-    results = []
-    with JsonlWriter(out / "recovery.jsonl") as fh:
-        for result, pert in recover_flips(ctx.lm, ctx.specs, flips, cfg, ctx.judge, on_event, cancel, zero_delta):
-            fh.write(result.to_json())
-            tensors = {"rows": pert.rows.cpu().contiguous()}
-            if pert.gen is not None:
-                tensors["gen"] = pert.gen.cpu().contiguous()
-            save_file(tensors, str(out / "deltas" / f"{result.id}.safetensors"), metadata={"layer": str(layer)})
-            results.append(result.to_json())
-            logger.info("recovered flip %d: non_refusal=%s drift=%.4f", result.id, result.non_refusal, result.drift)
-    summary = metrics.summarize(results, {**cfg.to_json(), "delta_layer": layer})
-    summary["cancelled"] = bool(cancel is not None and cancel.is_set())
-    write_json(out / "recovery_summary.json", summary)
-    return summary
+    settings = recovery_settings(cfg, layer, flips, valid, limit, zero_delta)
+    if resume:
+        record = get_record(run, name, "recovery")
+        check_resume(record.config, settings, f"recovery {record.name!r}")
+        out = record.path
+    else:
+        out = create_record(run, name, "recovery", settings)
+    summary = recover_into(out, ctx, flips, cfg, settings, on_event, cancel)
+    return {**summary, "name": out.name, "dir": str(out)}

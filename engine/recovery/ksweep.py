@@ -2,7 +2,7 @@
 
 For each K: the top-K (SAE, feature) pairs overall of one direction ranking (``engine.features.direction``) become
 the clamp set; flips are run on the same prompts, so the valid set is recomputed per K; then the valid flips are
-recovered. Writes ``<out>/k_<K>/`` (a complete flips run with its recovery) and ``<out>/ksweep.json``.
+recovered. Writes ``<out>/k_<K>/`` (a complete flips run with its recovery record, named in the point) and ``<out>/ksweep.json``.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def run_ksweep(
             summary = run_recovery(run, recovery, lm=lm, on_event=on_event, cancel=cancel)
             point.update({key: summary[key] for key in POINT_KEYS if key != "n_valid"})
             point["drift_per_layer"] = summary["drift_per_layer"]
+            point["recovery"] = summary["name"]
         else:
             logger.info("K = %d: no valid flips, nothing to recover", k)
         points.append(point)

@@ -1,6 +1,7 @@
 """A budget sweep: recovery of the same valid flips at several budgets (0 = the defended model, no δ).
 
-Writes ``sweep/budget_<B>/`` (each a full recovery record set) and ``sweep.json`` (one point per budget).
+A sweep is one record ``RUN/recoveries/<name>/`` (``engine.store.records``) holding ``budget_<B>/`` (each a full
+recovery file set) and ``sweep.json`` (one point per finished budget).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 from engine.errors import LabError
 from engine.lm.models import LoadedModel
 from engine.recovery.config import RecoveryConfig, StepEvent
-from engine.recovery.driver import run_recovery
+from engine.recovery.driver import recover_into, recovery_settings, resolve_delta_layer
 from engine.store.context import open_run
-from engine.store.files import existing_run, write_json
+from engine.store.files import existing_run, read_json, write_json
+from engine.store.records import CONFIG_FILE, check_name, check_resume, create_record, get_record
+from engine.store.valid_set import valid_flips
 
 POINT_KEYS = ("n_valid", "non_refusal_recovery", "base_like_recovery", "strict_base_like_recovery", "mean_drift",
               "mean_floor_violation", "mean_delta_rel_norm", "ci")
@@ -35,20 +38,48 @@ def check_budgets(budgets: Sequence[float]) -> list[float]:
 
 def run_sweep(run_dir: str | Path, budgets: Sequence[float], cfg: RecoveryConfig, lm: LoadedModel | None = None,
               limit: int | None = None, on_event: Callable[[StepEvent], None] | None = None,
-              cancel: threading.Event | None = None) -> dict:
-    """Recovery at each budget; returns and writes ``sweep.json``."""
+              cancel: threading.Event | None = None, name: str | None = None, resume: bool = False,
+              valid: str = "judge") -> dict:
+    """Recovery at each budget into one sweep record; returns and writes its ``sweep.json`` (after every budget).
+
+    ``resume``: continue the sweep ``name`` (default: the newest): finished budgets are kept, the unfinished one
+    continues from its last whole batch.
+    """
     budgets = check_budgets(budgets)
     run = existing_run(run_dir, "flips.jsonl")
-    ctx_lm = lm or open_run(run).lm
+    flips = valid_flips(run, limit, valid)
+    if name is not None:
+        check_name(name)
+    ctx = open_run(run, lm=lm)
+    layer = resolve_delta_layer(cfg, ctx.specs, ctx.lm.n_layers)
+    settings = {**recovery_settings(cfg, layer, flips, valid, limit, False), "budgets": list(budgets)}
+    settings.pop("budget")
+    settings.pop("zero_delta")
+    if resume:
+        record = get_record(run, name, "sweep")
+        check_resume(record.config, settings, f"sweep {record.name!r}")
+        out = record.path
+    else:
+        out = create_record(run, name, "sweep", settings)
     points = []
+    sweep = {"budgets": list(budgets), "budget_kind": cfg.budget_kind, "budget_relative": cfg.budget_relative,
+             "projection": cfg.projection, "valid": valid, "points": points}
     for b in budgets:
         if cancel is not None and cancel.is_set():
             break
         point_cfg = dataclasses.replace(cfg, budget=b if b > 0 else 1.0)
-        summary = run_recovery(run, point_cfg, lm=ctx_lm, on_event=on_event, cancel=cancel, limit=limit,
-                               out_dir=run / "sweep" / f"budget_{b:g}", zero_delta=b == 0)
+        point_dir = out / f"budget_{b:g}"
+        point_dir.mkdir(exist_ok=True)
+        point_settings = recovery_settings(point_cfg, layer, flips, valid, limit, b == 0)
+        saved = point_dir / CONFIG_FILE
+        if saved.is_file():
+            check_resume(read_json(saved), point_settings, f"budget {b:g} of sweep {out.name!r}")
+        else:
+            write_json(saved, point_settings)
+        summary = recover_into(point_dir, ctx, flips, point_cfg, point_settings, on_event, cancel)
+        if summary["cancelled"]:
+            break
         points.append({"budget": b, **{k: summary[k] for k in POINT_KEYS}})
-    sweep = {"budgets": list(budgets), "budget_kind": cfg.budget_kind, "budget_relative": cfg.budget_relative,
-             "projection": cfg.projection, "points": points}
-    write_json(run / "sweep.json", sweep)
-    return sweep
+        write_json(out / "sweep.json", sweep)
+    write_json(out / "sweep.json", sweep)
+    return {**sweep, "name": out.name, "dir": str(out)}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from engine.errors import LabError
+
+logger = logging.getLogger(__name__)
 
 
 def prepare_run_dir(path: str | Path) -> Path:
@@ -49,15 +52,22 @@ def read_json(path: Path) -> dict:
 
 
 class JsonlWriter:
-    """Append records one line at a time (flushed), so a stopped run keeps what it finished."""
+    """Append records one line at a time (flushed and fsynced), so a stopped or killed run keeps what it finished.
 
-    def __init__(self, path: Path):
+    ``append``: continue an existing file (resume); otherwise the file must not exist yet, so no earlier record is lost.
+    """
+
+    def __init__(self, path: Path, append: bool = False):
         self.path = path
-        self._fh = path.open("w", encoding="utf-8")
+        try:
+            self._fh = path.open("a" if append else "x", encoding="utf-8")
+        except FileExistsError:
+            raise LabError(f"{path} already exists; resume that run or write a new one") from None
 
     def write(self, record: dict) -> None:
         self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._fh.flush()
+        os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         self._fh.close()
@@ -69,19 +79,50 @@ class JsonlWriter:
         self.close()
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, torn_tail: bool = False) -> list[dict]:
+    """The records of a JSONL file. ``torn_tail``: drop an unterminated last line (a write cut short by a kill)."""
     rows = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise LabError(f"{path} line {n} is not valid JSON") from None
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    last = len(lines) - 1  # after the final newline: "" when the file ends cleanly
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if torn_tail and n == last:
+                logger.warning("%s: dropping a torn last line (the writer was stopped mid-line)", path)
+                break
+            raise LabError(f"{path} line {n + 1} is not valid JSON") from None
     return rows
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> None:
-    with JsonlWriter(path) as w:
-        for r in records:
-            w.write(r)
+    """Write a whole JSONL file atomically (a temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def whole_batches(done: list[dict], ids: list[int], batch_size: int) -> int:
+    """How many of ``done`` a resume keeps: the longest prefix matching ``ids`` in order, cut to whole batches.
+
+    A batch is written record by record after it finishes, so a kill can leave part of one; redoing that batch
+    whole keeps batches (and so padding and results) the same as in an uninterrupted run.
+    """
+    k = 0
+    while k < len(done) and k < len(ids) and int(done[k].get("id", -1)) == ids[k]:
+        k += 1
+    return k if k == len(ids) else k - k % batch_size
+
+
+def resume_records(path: Path, ids: list[int], batch_size: int) -> list[dict]:
+    """The records of ``path`` a resume keeps (:func:`whole_batches`); the file is cut back to them atomically."""
+    if not path.is_file():
+        return []
+    done = read_jsonl(path, torn_tail=True)
+    keep = done[: whole_batches(done, ids, batch_size)]
+    if len(keep) != len(done) or path.read_bytes()[-1:] not in (b"", b"\n"):
+        logger.info("%s: keeping %d of %d records (whole batches); the rest is redone", path, len(keep), len(done))
+        write_jsonl(path, keep)
+    return keep
