@@ -8,7 +8,7 @@ from engine.errors import LabError
 from engine.services import jobs
 from engine.store import catalogue
 from ui import attribution_views as av
-from ui import charts, render, state
+from ui import charts, render, state, validate
 
 st.title("Attribution: which part of δ carries the recovery?")
 st.caption(
@@ -24,9 +24,12 @@ name = info.name
 job = state.attach_job("attribution_job", "attribution", run=name)
 if not state.presenter():
     c1, c2 = st.columns([1, 3])
-    top_k = c1.number_input("k (top changed features)", 0, 1000, 10, key="attr_k", persist_state="session")
+    d_sae = validate.attribution_d_sae(info.config, ((info.recovery_summary or {}).get("config") or {}).get("delta_layer"))
+    top_k = validate.Form().number(c1, "k (top changed features)", "attr_k", 10, check=validate.top_k_check(d_sae), says="k",
+                                   help="How many of the most changed non-clamped features form the top-k part"
+                                        + (f" (0 to d_sae = {d_sae})." if d_sae else " (0 or more)."))
     c2.write("")
-    if c2.button("Run attribution", type="primary", key="start_attribution", disabled=job is not None and job.running):
+    if c2.button("Run attribution", type="primary", key="start_attribution", disabled=(job is not None and job.running) or top_k is None):
         lm, sae = state.require_model()
         if not state.run_model_matches(info, lm):
             st.stop()

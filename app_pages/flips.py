@@ -38,7 +38,7 @@ if lm is not None and not state.presenter():
     with st.expander("New flips run", expanded=job is None or not job.running):
         prompts, settings = views.prompt_source_form()
         judge_cfg = views.judge_editor()
-        disabled = not rows or clamp_error is not None or not prompts or (job is not None and job.running)
+        disabled = not rows or clamp_error is not None or not prompts or settings is None or (job is not None and job.running)
         if st.button("Run base vs clamped", type="primary", disabled=disabled, key="start_flips"):
             with state.shown_errors("cannot start"):
                 specs = clamp_set.specs(lm)

@@ -7,7 +7,7 @@ from engine.recovery.driver import run_recovery
 from engine.recovery.sweep import run_sweep
 from engine.services import jobs
 from engine.store import catalogue
-from ui import charts, clamp_set, recovery_form, render, state
+from ui import charts, clamp_set, recovery_form, render, state, validate
 from ui import recovery_views as rv
 
 st.title("Recovery: is the behaviour really gone?")
@@ -119,26 +119,22 @@ budgets_text = c1.text_input(
     "0, 0.05, 0.1, 0.25, 0.5" if relative else "0, 2, 5, 10, 20, 40", key="sweep_budgets_rel" if relative else "sweep_budgets",
     persist_state="session",
 )
+budgets = validate.budgets(c1, budgets_text, validate.Form(), "sweep_budgets")  # the engine's check_budgets; None: refused
 c2.write("")
-if c2.button("Start sweep", key="start_sweep", disabled=active is not None or form_cfg is None):
-    try:
-        budgets = [float(b) for b in budgets_text.replace(";", ",").split(",") if b.strip()]
-    except ValueError:
-        st.error("budgets must be numbers separated by commas, e.g. 0, 0.1, 0.25")
-    else:
-        run_dir, total = info.path, len(budgets) * n_valid * form_cfg.steps
+if c2.button("Start sweep", key="start_sweep", disabled=active is not None or form_cfg is None or budgets is None):
+    run_dir, total = info.path, len(budgets) * n_valid * form_cfg.steps
 
-        def sweep_work(j: jobs.Job, budgets=budgets, cfg=form_cfg, run_dir=run_dir, total=total):
-            def on_event(ev) -> None:
-                j.log(ev)
-                j.set_progress(min(j.n_events, total), total)
+    def sweep_work(j: jobs.Job, budgets=budgets, cfg=form_cfg, run_dir=run_dir, total=total):
+        def on_event(ev) -> None:
+            j.log(ev)
+            j.set_progress(min(j.n_events, total), total)
 
-            j.set_progress(0, total, "sweeping")
-            return run_sweep(run_dir, budgets, cfg, lm=lm, on_event=on_event, cancel=j.cancel)
+        j.set_progress(0, total, "sweeping")
+        return run_sweep(run_dir, budgets, cfg, lm=lm, on_event=on_event, cancel=j.cancel)
 
-        job = jobs.start_job("sweep", sweep_work, meta={"run": name, "delta_layer": form_cfg.delta_layer})
-        state.remember_job("sweep_job", job)
-        st.rerun()
+    job = jobs.start_job("sweep", sweep_work, meta={"run": name, "delta_layer": form_cfg.delta_layer})
+    state.remember_job("sweep_job", job)
+    st.rerun()
 if info.sweeps:
     try:
         sweep = catalogue.read_sweep(name, info.sweeps[0])

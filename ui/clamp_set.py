@@ -139,6 +139,9 @@ def remove_row(lm, sae, row_id: int) -> None:
 def add_features(lm, sae, new: list[int], values: list[float] | None, origin: str) -> None:
     """Add ``new`` to the row of ``sae`` (a new row when the set has none for it); a feature already there gets
     the new value. Refused (LabError) when the set would not load."""
+    from engine.features.search import check_feature
+    from engine.method.clamp import check_value
+
     cur = clamp_state(lm, sae)
     spec = row_spec(sae)
     rows = [dict(r) for r in cur["rows"]]
@@ -150,9 +153,8 @@ def add_features(lm, sae, new: list[int], values: list[float] | None, origin: st
     default_value = vals[0] if vals else 1.0
     vals = vals + [default_value] * (len(feats) - len(vals))
     for i, f in enumerate(new):
-        if not 0 <= int(f) < sae.d_sae:
-            raise LabError(f"feature {f} is out of range (this SAE has {sae.d_sae} features)")
-        value = float(values[i]) if values and i < len(values) else default_value
+        f = check_feature(sae, f)  # the engine's range check, naming the SAE's width
+        value = check_value(values[i]) if values and i < len(values) else default_value
         if int(f) in feats:
             vals[feats.index(int(f))] = value
         else:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import streamlit as st
 
@@ -33,23 +31,36 @@ def _table(row: dict, sae, mode: str, key: str) -> pd.DataFrame:
     df = pd.DataFrame({"feature": pd.Series(row["features"], dtype="Int64"), "value": pd.Series(vals[: len(row["features"])], dtype="float64")})
     df["link"] = [(sae.neuronpedia_url(f) if sae is not None else None) or "" for f in row["features"]]
     d_sae = sae.d_sae if sae is not None else None
+    # No min/max on the feature column: the editor would clamp 99999 to the last feature without a word. Apply sends
+    # what was typed to the engine, which refuses an out-of-range index naming the SAE's width.
     return st.data_editor(
         df, num_rows="dynamic", hide_index=True, width="stretch", key=key,
-        column_config={"feature": st.column_config.NumberColumn("feature", min_value=0, max_value=d_sae - 1 if d_sae else None, step=1),
+        column_config={"feature": st.column_config.NumberColumn("feature", step=1,
+                                                                help=f"0 to {d_sae - 1} (d_sae {d_sae})" if d_sae else None),
                        "value": st.column_config.NumberColumn("value", disabled=mode == "zero"),
                        "link": st.column_config.LinkColumn("Neuronpedia", disabled=True)},
     )
 
 
 def _edited_row(i: int, spec: str, mode: str, edited: pd.DataFrame) -> dict:
+    from engine.method.clamp import check_value
+
     rows = edited.dropna(subset=["feature"])
-    feats = [int(f) for f in rows["feature"]]
+    where = f"row #{i} ({clamp_set.sae_label(spec)})"
+    feats = []
+    for f in rows["feature"]:
+        if float(f) != int(f):
+            raise LabError(f"{where}: feature index {f} is not a whole number")
+        feats.append(int(f))
     values: list[float] = []
     if mode != "zero":
         for f, v in zip(feats, rows["value"]):
-            if pd.isna(v) or not math.isfinite(float(v)):
-                raise LabError(f"row #{i} ({clamp_set.sae_label(spec)}): feature {f} needs a finite value in mode {mode}")
-            values.append(float(v))
+            if pd.isna(v):
+                raise LabError(f"{where}: feature {f} needs a value in mode {mode}")
+            try:
+                values.append(check_value(float(v)))  # the engine's rule: finite (negative values are allowed)
+            except LabError as exc:
+                raise LabError(f"{where}: feature {f}: {exc}") from None
     return {"sae": spec, "features": feats, "mode": mode, "values": values}
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.errors import LabError
-from ui import clamp_set, state
+from ui import clamp_set, state, validate
 
 logger = logging.getLogger(__name__)
 _PERSIST = {"persist_state": "session"}
@@ -21,17 +21,21 @@ def _candidates_table(rows: list[dict], key: str, lm, sae, origin: str, value_co
     df = pd.DataFrame(rows)
     st.dataframe(df, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(df)))
     c1, c2, c3 = st.columns([1, 1, 2])
-    n = c1.number_input("How many (from the top)", 1, len(rows), min(5, len(rows)), key=f"{key}_n")
-    scale = c2.number_input("Value × activation", 0.0, 100.0, 2.0, 0.5, key=f"{key}_scale",
-                            help="set-mode value = this × the feature's activation in the search (e.g. 2× its mean on refusals)",
-                            disabled=value_col is None)
+    form = validate.Form()
+    n = form.number(c1, "How many (from the top)", f"{key}_n", min(5, len(rows)), persist=False,
+                    check=validate.between(1, len(rows), "How many", f"{len(rows)} rows are listed"))
+    scale = 2.0
+    if value_col is not None:
+        scale = form.number(c2, "Value × activation", f"{key}_scale", 2.0, kind=float, check=validate.clamp_value_check, persist=False,
+                            help="set-mode value = this × the feature's activation in the search (e.g. 2× its mean on refusals)")
     c3.write("")
-    if c3.button(f"Add the top {int(n)} to the clamp set", key=f"{key}_add", help=f"Added to the row of {clamp_set.row_spec(sae)}"):
-        top = rows[: int(n)]
-        values = [float(scale) * float(r[value_col]) for r in top] if value_col else None
+    if c3.button(f"Add the top {n if n is not None else 'N'} to the clamp set", key=f"{key}_add", disabled=not form.ok,
+                 help=f"Added to the row of {clamp_set.row_spec(sae)}"):
+        top = rows[:n]
+        values = [scale * float(r[value_col]) for r in top] if value_col else None
         try:
             clamp_set.add_features(lm, sae, [int(r["feature"]) for r in top], values, origin)
-            st.success(f"Added {int(n)} features.")
+            st.success(f"Added {n} features.")
         except LabError as exc:
             st.error(str(exc))
 
@@ -113,18 +117,23 @@ def prompt_tab(lm, sae) -> None:
 
 def index_tab(lm, sae) -> None:
     st.markdown("Add features by number, with one value for all of them.")
+    form = validate.Form()
     c1, c2 = st.columns([2, 1])
-    text = c1.text_input("Feature indices", placeholder="e.g. 12, 40, 301", key="index_text")
-    value = c2.number_input("Value", value=5.0, step=0.5, key="index_value")
-    if st.button("Add to the clamp set", key="index_add"):
-        from engine.method.presets import parse_features
-
-        try:
-            feats = parse_features(text or "")
-            clamp_set.add_features(lm, sae, feats, [float(value)] * len(feats), "by index")
-            st.success(f"Added {len(feats)} features.")
-        except LabError as exc:
-            st.error(str(exc))
+    text = c1.text_input("Feature indices", placeholder="e.g. 12, 40, 301", key="index_text",
+                         help=f"Whole numbers from 0 to {sae.d_sae - 1} (this SAE has {sae.d_sae} features), separated by commas.")
+    feats = validate.feature_list(c1, text, sae, form, "index_text") if (text or "").strip() else None
+    value = form.number(c2, "Value", "index_value", 5.0, kind=float, check=validate.clamp_value_check, persist=False,
+                        help="Any finite number: set-mode activation or multiply factor (negative values push against the "
+                             "feature's direction).")
+    if st.button("Add to the clamp set", key="index_add", disabled=not form.ok):
+        if not feats:
+            st.error("Type feature indices first, e.g. 12, 40, 301.")
+        else:
+            try:
+                clamp_set.add_features(lm, sae, feats, [value] * len(feats), "by index")
+                st.success(f"Added {len(feats)} features.")
+            except LabError as exc:
+                st.error(str(exc))
 
 
 def _np_client():
@@ -176,7 +185,10 @@ def feature_card_section(lm, sae) -> None:
     row = next((r for r in clamp_set.clamp_state(lm, sae)["rows"] if r["sae"] == spec and r["features"]), None)
     c1, c2 = st.columns([1, 3])
     default = row["features"][0] if row else 0
-    idx = int(c1.number_input("Feature", 0, sae.d_sae - 1, int(default), key="card_feature"))
+    idx = validate.Form().number(c1, "Feature", "card_feature", int(default), check=validate.feature_check(sae), persist=False,
+                                 help=f"0 to {sae.d_sae - 1} (this SAE has {sae.d_sae} features)")
+    if idx is None:
+        return
     url = sae.neuronpedia_url(idx)
     if url:
         c2.markdown(f"[Open feature {idx} on Neuronpedia]({url})")

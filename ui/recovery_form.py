@@ -1,7 +1,9 @@
-"""The recovery settings form: every field of ``RecoveryConfig``, checked by the engine before a job starts."""
+"""The recovery settings form: every field of ``RecoveryConfig``, each number typed as text and checked by the engine's rule
+for its field (``ui.validate``) before a job can start."""
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 
 import streamlit as st
@@ -9,6 +11,7 @@ import streamlit as st
 from engine.errors import LabError
 from engine.recovery.config import RecoveryConfig
 from engine.recovery.optimize import check_projection_layers
+from ui import validate
 
 _PERSIST = {"persist_state": "session"}
 PROJECTIONS = {"encoder": "encoder", "none": "none (unconstrained)", "jacobian": "jacobian (cross-layer)"}
@@ -34,29 +37,32 @@ def _choices(name: str) -> list[str]:
     return list(typing.get_args(typing.get_type_hints(RecoveryConfig)[name]))
 
 
-def _jacobian_settings(d: RecoveryConfig, box, more) -> dict:
+def _jacobian_settings(d: RecoveryConfig, box, more, form: validate.Form) -> dict:
     """The cross-layer settings (shown with the jacobian projection only) in ``box``; the rarer ones in the popover
-    ``more``."""
+    ``more``. Each number is checked by the engine's rule for its field; a refused one is None."""
     c1, c2, c3, c4 = box.columns(4)
     out = {
-        "drift_penalty": c1.number_input("Drift penalty λ", min_value=0.0, value=200.0, step=10.0, key="rec_drift_penalty", **_PERSIST,
-                                         help="λ of λ·‖Δz‖²/‖z_def‖² over the clamps above δ (the paper: 200)"),
+        "drift_penalty": form.number(c1, "Drift penalty λ", "rec_drift_penalty", 200.0, kind=float, check=_rule("drift_penalty"),
+                                     help="λ of λ·‖Δz‖²/‖z_def‖² over the clamps above δ (the paper: 200)"),
         "jacobian_basis": c2.selectbox("Jacobian basis", _choices("jacobian_basis"), key="rec_basis", **_PERSIST,
                                        help="probes: a fixed number of random probes + the drift probe (the paper). "
                                             "adaptive: add blocks of probes until a new block adds little. "
                                             "exact: every row of the Jacobian (slow: one backward pass per feature and position)."),
-        "n_probes": c3.number_input("Probes", 1, 512, int(d.n_probes), key="rec_probes", **_PERSIST,
-                                    help="Random probes per estimate of the Jacobian rows (per block, for adaptive). The paper: 8."),
-        "correction_steps": c4.number_input("Correction steps", 0, 100, int(d.correction_steps), key="rec_corr_steps", **_PERSIST,
-                                            help="Drift-correcting steps after every step (the paper: 5)."),
+        "n_probes": form.number(c3, "Probes", "rec_probes", d.n_probes, check=_rule("n_probes"),
+                                help="Random probes per estimate of the Jacobian rows (per block, for adaptive). The paper: 8."),
+        "correction_steps": form.number(c4, "Correction steps", "rec_corr_steps", d.correction_steps, check=_rule("correction_steps"),
+                                        help="Drift-correcting steps after every step (the paper: 5)."),
     }
     with more:
-        out["max_probes"] = st.number_input("Most probes (adaptive)", 1, 4096, int(d.max_probes), key="rec_max_probes", **_PERSIST)
-        out["probe_tol"] = st.number_input("Stop adding probes below this share (adaptive)", 0.001, 0.999, float(d.probe_tol), 0.01,
-                                           format="%.3f", key="rec_probe_tol", **_PERSIST)
-        out["probe_every"] = st.number_input("Re-estimate the rows every … steps", 1, 2000, int(d.probe_every), key="rec_probe_every", **_PERSIST)
-        out["correction_lr"] = st.number_input("Correction learning rate", 0.0001, 10.0, float(d.correction_lr), 0.01, format="%.4f",
-                                               key="rec_corr_lr", **_PERSIST)
+        out["max_probes"] = form.number(st, "Most probes (adaptive)", "rec_max_probes", d.max_probes, check=_rule("max_probes"),
+                                        says="Most probes", hidden=True)
+        out["probe_tol"] = form.number(st, "Stop adding probes below this share (adaptive)", "rec_probe_tol", d.probe_tol, kind=float,
+                                       check=_rule("probe_tol"), says="Probe tolerance", hidden=True,
+                                       help="Between 0 and 1: the share of a new block's energy outside the basis.")
+        out["probe_every"] = form.number(st, "Re-estimate the rows every … steps", "rec_probe_every", d.probe_every,
+                                         check=_rule("probe_every"), says="Probe interval", hidden=True)
+        out["correction_lr"] = form.number(st, "Correction learning rate", "rec_corr_lr", d.correction_lr, kind=float,
+                                           check=_rule("correction_lr"), hidden=True)
         out["constraint_positions"] = st.selectbox(
             "Hold the later clamps' drift over", _choices("constraint_positions"), key="rec_constraint_positions", **_PERSIST,
             format_func={"all": "every position (prompt and answer; stricter)", "answer": "answer positions (the paper)"}.get,
@@ -69,14 +75,21 @@ def _jacobian_settings(d: RecoveryConfig, box, more) -> dict:
     return out
 
 
+def _rule(name: str):
+    return validate.recovery_check(name)
+
+
 def settings_form(n_valid: int, specs, n_layers: int, run: str):
-    """``(cfg, limit, delta_layer)`` for a run with clamp set ``specs``, or Nones with a message in the page when the
-    engine refuses the settings (``RecoveryConfig``, ``resolve_delta_layer``) or the projection cannot hold the set."""
+    """``(cfg, limit, delta_layer)`` for a run with clamp set ``specs``, or Nones with the reasons in the page when a
+    field is refused (each number by the engine's rule for its field, shown under it), the engine refuses the
+    settings together (``RecoveryConfig``, ``resolve_delta_layer``) or the projection cannot hold the set."""
     from engine.recovery.driver import resolve_delta_layer
 
     d = RecoveryConfig()
+    form = validate.Form()
     layers = clamp_layers(specs)
     lowest = layers[0]
+    lm = validate.loaded_model()
     c1, c2, c3, c4 = st.columns(4)
     projection = c1.selectbox("Projection", list(PROJECTIONS), index=2 if len(layers) > 1 else 0, key="rec_projection", **_PERSIST,
                               format_func=PROJECTIONS.get, help=" ".join(PROJECTION_TEXT.values()))
@@ -85,42 +98,56 @@ def settings_form(n_valid: int, specs, n_layers: int, run: str):
                                key="rec_budget_kind", **_PERSIST)
     relative = c3.toggle("B relative to the median residual norm", value=d.budget_relative, key="rec_relative", **_PERSIST,
                          help="On: B is a fraction of the median ‖h‖ at δ's layer (position 0 excluded). Off: an absolute norm.")
-    budget = c4.number_input("Budget B", min_value=0.0001, value=float(d.budget), step=0.05, format="%.4f", key="rec_budget", **_PERSIST)
+    budget = form.number(c4, "Budget B", "rec_budget", d.budget, kind=float, check=_rule("budget"),
+                         help="A positive number: a norm (absolute), or a fraction of the median residual norm (relative).")
     c1, c2, c3, c4 = st.columns(4)
-    steps = c1.number_input("Steps", 1, 2000, int(d.steps), key="rec_steps", **_PERSIST)
-    lr = c2.number_input("Learning rate", min_value=0.0001, value=float(d.lr), step=0.01, format="%.4f", key="rec_lr", **_PERSIST)
+    steps = form.number(c1, "Steps", "rec_steps", d.steps, check=_rule("steps"))
+    lr = form.number(c2, "Learning rate", "rec_lr", d.lr, kind=float, check=_rule("lr"))
     where = c3.selectbox("δ acts on", ["prompt+gen", "prompt"], index=["prompt+gen", "prompt"].index(d.where), key="rec_where", **_PERSIST,
                          help="prompt: one row per prompt position; prompt+gen: plus one shared row at every answer position")
-    limit = c4.number_input("Valid flips to recover", 1, max(1, n_valid), max(1, n_valid), key="rec_limit")
+    limit = form.number(c4, "Valid flips to recover", "rec_limit", max(1, n_valid), persist=False,
+                        check=validate.between(1, max(1, n_valid), "Valid flips to recover",
+                                               f"this run has {n_valid} valid flip{'s' if n_valid != 1 else ''}"))
     c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
-    delta_layer = c1.number_input(f"δ layer (0–{lowest})", 0, n_layers - 1, lowest, key=f"rec_delta_layer:{run}",
-                                  help=f"The layer whose resid_post carries δ: at or below the lowest clamped layer ({lowest}). "
-                                       f"Default: {lowest}, where an SAE is, so attribution can split δ.")
+    delta_layer = form.number(c1, f"δ layer (0–{lowest})", f"rec_delta_layer:{run}", lowest, persist=False, says="δ layer",
+                              check=_rule("delta_layer"),
+                              help=f"The layer whose resid_post carries δ: at or below the lowest clamped layer ({lowest}). "
+                                   f"Default: {lowest}, where an SAE is, so attribution can split δ.")
     c2.caption(f"This run clamps layer{'s' if len(layers) > 1 else ''} **{', '.join(map(str, layers))}**. " + PROJECTION_TEXT[projection])
+    if delta_layer is not None:
+        try:
+            resolve_delta_layer(dataclasses.replace(d, delta_layer=delta_layer), specs, n_layers)
+        except LabError:
+            form.refuse(f"rec_delta_layer:{run}", f"δ layer {delta_layer} is not allowed here: δ must sit at or below every clamped "
+                        f"layer, so pick a layer from 0 to {lowest} (the lowest clamp of this run).", c1)
     box = st.container()
-    p1, p2, _ = st.columns([1, 1.4, 3])
-    cross = _jacobian_settings(d, box, p2.popover("More cross-layer settings")) if projection == "jacobian" else {}
+    p1, p2, p3 = st.columns([1, 1.4, 3])
+    cross = _jacobian_settings(d, box, p2.popover("More cross-layer settings"), form) if projection == "jacobian" else {}
     with p1.popover("More settings"):
         method = st.selectbox("Method", ["delta", "soft-suffix"], key="rec_method", **_PERSIST)
-        boundary = st.number_input("Boundary steps (reward a non-refusal first token first)", 0, 2000, int(d.boundary_steps), key="rec_boundary", **_PERSIST)
-        answer_tokens = st.number_input("Answer tokens teacher-forced", 1, 512, int(d.answer_tokens), key="rec_answer_tokens", **_PERSIST)
-        max_new = st.number_input("Recovered answer length (tokens)", 1, 512, int(d.max_new_tokens), key="rec_max_new", **_PERSIST)
-        batch = st.number_input("Batch size", 1, 64, int(d.batch_size), key="rec_batch", **_PERSIST)
-        seed = st.number_input("Seed", 0, 2**31 - 1, int(d.seed), key="rec_seed", **_PERSIST)
+        boundary = form.number(st, "Boundary steps (reward a non-refusal first token first)", "rec_boundary", d.boundary_steps,
+                               check=_rule("boundary_steps"), says="Boundary steps", hidden=True)
+        answer_tokens = form.number(st, "Answer tokens teacher-forced", "rec_answer_tokens", d.answer_tokens, says="Answer tokens",
+                                    check=validate.chain(_rule("answer_tokens"), validate.context_check(lm, "Answer tokens")), hidden=True)
+        max_new = form.number(st, "Recovered answer length (tokens)", "rec_max_new", d.max_new_tokens, says="Recovered answer length",
+                              check=validate.chain(_rule("max_new_tokens"), validate.context_check(lm, "Recovered answer length")),
+                              hidden=True)
+        batch = form.number(st, "Batch size", "rec_batch", d.batch_size, check=_rule("batch_size"), hidden=True)
+        seed = form.number(st, "Seed", "rec_seed", d.seed, check=_rule("seed"), hidden=True)
+    if form.hidden:
+        with p3:
+            form.show_hidden()
+    if not form.ok:
+        return None, None, None
     try:
-        cfg = RecoveryConfig(projection=projection, method=method, where=where, budget=float(budget), budget_kind=budget_kind,
-                             budget_relative=bool(relative), steps=int(steps), boundary_steps=int(boundary), lr=float(lr),
-                             answer_tokens=int(answer_tokens), max_new_tokens=int(max_new), batch_size=int(batch), seed=int(seed),
-                             delta_layer=int(delta_layer), **cross)
+        cfg = RecoveryConfig(projection=projection, method=method, where=where, budget=budget, budget_kind=budget_kind,
+                             budget_relative=bool(relative), steps=steps, boundary_steps=boundary, lr=lr,
+                             answer_tokens=answer_tokens, max_new_tokens=max_new, batch_size=batch, seed=seed,
+                             delta_layer=delta_layer, **cross)
     except LabError as exc:
-        st.error(f"These settings cannot run: {exc}")
+        st.error(f"These settings cannot run: {validate.page_message(exc, 'These settings')}")
         return None, None, None
-    try:
-        layer = resolve_delta_layer(cfg, specs, n_layers)
-    except LabError:
-        st.error(f"δ layer {int(delta_layer)} is not allowed here: δ must sit at or below every clamped layer, so pick a layer "
-                 f"from 0 to {lowest} (the lowest clamp of this run).")
-        return None, None, None
+    layer = resolve_delta_layer(cfg, specs, n_layers)
     if cfg.method == "delta":
         try:
             check_projection_layers(cfg.projection, specs, layer)

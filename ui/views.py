@@ -12,39 +12,48 @@ SOURCES = {"Built-in harmless": "builtin:harmless", "Built-in harmful": "builtin
 _PERSIST = {"persist_state": "session"}
 
 
-def prompt_source_form() -> tuple[list[str], dict]:
-    """The prompt set and generation settings the user chose (``prompts`` is empty when none are usable)."""
+def prompt_source_form() -> tuple[list[str], dict | None]:
+    """The prompt set and generation settings the user chose (``prompts`` is empty when none are usable;
+    ``settings`` is None while a number field is refused, its message under the field)."""
     from engine.method.prompts import MAX_PROMPT_BYTES, load_prompts, parse_prompts
+    from ui import validate
 
     choice = st.radio("Prompts", list(SOURCES), horizontal=True, key="flips_source", **_PERSIST)
     source = SOURCES[choice]
     prompts: list[str] = []
+    form = validate.Form()
+    lm = validate.loaded_model()
     c1, c2, c3, c4 = st.columns(4)
-    limit = c1.number_input("How many prompts", 1, 1000, 8, key="flips_limit", **_PERSIST)
-    max_new = c2.number_input("Max new tokens", 1, 512, 48, key="flips_max_new", **_PERSIST)
-    batch = c3.number_input("Batch size", 1, 64, 4, key="flips_batch", **_PERSIST)
-    seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="flips_seed", **_PERSIST)
+    limit = form.number(c1, "How many prompts", "flips_limit", 8, check=validate.at_least_one("How many prompts"),
+                        help="At most this many prompts of the source (all of them when it has fewer).")
+    max_new = form.number(c2, "Max new tokens", "flips_max_new", 48,
+                          check=validate.chain(validate.generation_check("max_new_tokens", "Max new tokens"),
+                                               validate.context_check(lm, "Max new tokens")))
+    batch = form.number(c3, "Batch size", "flips_batch", 4, check=validate.generation_check("batch_size", "Batch size"))
+    seed = form.number(c4, "Seed", "flips_seed", 0, check=validate.seed_check)
     try:
-        if source.startswith("builtin:"):
-            prompts = load_prompts(source, int(limit))
+        if source.startswith("builtin:"):  # (a refused limit is None: every prompt, but the form is off anyway)
+            prompts = load_prompts(source, limit)
         elif source == "upload":
             up = st.file_uploader("JSON list, JSONL, or CSV with a prompt / instruction / goal column",
                                   type=["json", "jsonl", "csv"], key="flips_upload")
             if up is not None:
                 if up.size > MAX_PROMPT_BYTES:
                     raise LabError(f"{up.name} is larger than {MAX_PROMPT_BYTES // 1_000_000} MB")
-                prompts = parse_prompts(up.getvalue(), up.name)[: int(limit)]
+                prompts = parse_prompts(up.getvalue(), up.name)[:limit]
                 source = f"upload:{up.name}"
         else:
             text = st.text_area("One prompt per line", key="flips_typed", height=140, **_PERSIST)
-            prompts = [line.strip() for line in (text or "").splitlines() if line.strip()][: int(limit)]
+            prompts = [line.strip() for line in (text or "").splitlines() if line.strip()][:limit]
             source = "typed"
     except LabError as exc:
         st.error(str(exc))
         prompts = []
     if prompts:
         st.caption(f"{len(prompts)} prompts, e.g. “{prompts[0][:90]}”")
-    settings = {"source": source, "limit": int(limit), "max_new_tokens": int(max_new), "batch_size": int(batch), "seed": int(seed)}
+    if not form.ok:
+        return prompts, None
+    settings = {"source": source, "limit": limit, "max_new_tokens": max_new, "batch_size": batch, "seed": seed}
     return prompts, settings
 
 

@@ -111,7 +111,7 @@ def run_typed_flips(app) -> None:
     """On the Flips page: two typed prompts, 4 tokens, start, wait for the job, rerun; the page shows no problem."""
     app.radio(key="flips_source").set_value("Type prompts").run()
     app.text_area(key="flips_typed").input("hello\nwhat is rain?").run()
-    app.number_input(key="flips_max_new").set_value(4)
+    app.text_input(key="flips_max_new").input("4")
     app.button(key="start_flips").click().run()
     job = wait_job("flips")
     assert job.status == "done", job.error

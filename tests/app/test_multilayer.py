@@ -27,7 +27,7 @@ def _search_in(at, spec: str) -> None:
 
 def _add_by_index(at, text: str, value: float = 5.0) -> None:
     at.text_input(key="index_text").input(text)
-    at.number_input(key="index_value").set_value(value)
+    at.text_input(key="index_value").input(str(value))
     at.button(key="index_add").click().run()
 
 
@@ -132,17 +132,17 @@ def test_recovery_form_checks_projection_and_delta_layer_before_a_job(lab_env):
     goto(at, "recovery")
     assert not problems(at)
     assert at.selectbox(key="rec_projection").value == "jacobian"  # the run clamps two layers
-    assert at.number_input(key="rec_delta_layer:two-layer").value == 1  # the lowest clamp
+    assert at.text_input(key="rec_delta_layer:two-layer").value == "1"  # the lowest clamp
     assert not at.button(key="start_recovery").disabled
     at.selectbox(key="rec_projection").set_value("encoder").run()
     assert any("only protects the clamps at δ's layer 1" in e.value and "blocks.2.hook_resid_post" in e.value for e in at.error)
     assert at.button(key="start_recovery").disabled
     at.selectbox(key="rec_projection").set_value("jacobian").run()
-    at.number_input(key="rec_delta_layer:two-layer").set_value(2).run()
+    at.text_input(key="rec_delta_layer:two-layer").input("2").run()
     assert any("pick a layer from 0 to 1" in e.value for e in at.error)
     assert not any("--" in e.value for e in at.error)  # worded for the page, not as command-line flags
     assert at.button(key="start_recovery").disabled
-    at.number_input(key="rec_delta_layer:two-layer").set_value(0).run()
+    at.text_input(key="rec_delta_layer:two-layer").input("0").run()
     assert not problems(at) and not at.button(key="start_recovery").disabled
     assert jobs.latest_job("recovery") is before  # no job was started
 
@@ -156,9 +156,9 @@ def test_jacobian_recovery_draws_one_drift_line_per_layer_and_per_layer_results(
     at = new_app()
     at.session_state["run"] = "two-layer"
     goto(at, "recovery")
-    at.number_input(key="rec_steps").set_value(2000)
-    at.number_input(key="rec_probes").set_value(2)
-    at.number_input(key="rec_corr_steps").set_value(1)
+    at.text_input(key="rec_steps").input("2000")
+    at.text_input(key="rec_probes").input("2")
+    at.text_input(key="rec_corr_steps").input("1")
     at.selectbox(key="rec_constraint_positions").set_value("answer")
     at.toggle(key="rec_later_encoder").set_value(True)
     at.button(key="start_recovery").click().run()

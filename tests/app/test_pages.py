@@ -65,7 +65,7 @@ def test_bad_local_sae_folder_is_a_clear_error(app, tmp_path):
 def test_features_add_by_index_edit_and_presets(app):
     goto(app, "features")
     app.text_input(key="index_text").input("1, 2, 3")
-    app.number_input(key="index_value").set_value(4.0)
+    app.text_input(key="index_value").input("4.0")
     app.button(key="index_add").click().run()
     assert clamp_rows(app) == [{"sae": "tiny:blocks.1.hook_resid_post", "features": [1, 2, 3], "mode": "set", "values": [4.0, 4.0, 4.0]}]
     app.text_input(key="index_text").input("1, 999")
@@ -92,7 +92,7 @@ def test_features_contrast_job_prompt_search_and_card(app):
     app.run()
     rows = app.session_state["contrast_rows:tiny"]
     assert rows and {"feature", "diff", "refusal_mean"} <= set(rows[0])
-    app.number_input(key="contrast_n").set_value(2)
+    app.text_input(key="contrast_n").input("2")
     app.button(key="contrast_add").click().run()
     assert [r["features"] for r in clamp_rows(app)] == [[r["feature"] for r in rows[:2]]]
     app.button(key="prompt_go").click().run()
@@ -131,9 +131,9 @@ def test_flips_job_streams_and_saves_a_run(app):
 def test_flips_cancel_keeps_finished_prompts(app):
     _clamp(app)
     goto(app, "flips")
-    app.number_input(key="flips_limit").set_value(40)
-    app.number_input(key="flips_batch").set_value(1)
-    app.number_input(key="flips_max_new").set_value(2)
+    app.text_input(key="flips_limit").input("40")
+    app.text_input(key="flips_batch").input("1")
+    app.text_input(key="flips_max_new").input("2")
     app.button(key="start_flips").click().run()
     job = jobs.latest_job("flips")
     job.request_cancel()
@@ -186,8 +186,8 @@ def test_recovery_job_live_charts_results_and_reattach(lab_env):
     at.session_state["run"] = "tiny-run"
     goto(at, "recovery")
     assert not problems(at)
-    at.number_input(key="rec_steps").set_value(3)
-    at.number_input(key="rec_max_new").set_value(4)
+    at.text_input(key="rec_steps").input("3")
+    at.text_input(key="rec_max_new").input("4")
     at.button(key="start_recovery").click().run()
     job = jobs.latest_job("recovery", run="tiny-run")
     job_id = at.session_state["recovery_job"]
@@ -208,7 +208,7 @@ def test_recovery_reattach_after_reload_and_cancel(lab_env):
     at = new_app()
     at.session_state["run"] = "tiny-run"
     goto(at, "recovery")
-    at.number_input(key="rec_steps").set_value(2000)
+    at.text_input(key="rec_steps").input("2000")
     at.button(key="start_recovery").click().run()
     job = jobs.latest_job("recovery")
     # A fresh session (a browser reload loses session state) finds the running job of this run.
@@ -231,7 +231,7 @@ def test_recovery_page_explains_a_failed_job(lab_env, monkeypatch):
     goto(at, "recovery")
     with (lab_env / "runs" / "tiny-run" / "flips.jsonl").open("a") as fh:  # the run breaks after the page was drawn
         fh.write("{broken\n")
-    at.number_input(key="rec_steps").set_value(2)
+    at.text_input(key="rec_steps").input("2")
     at.button(key="start_recovery").click().run()
     job = wait_job("recovery")
     assert job.status == "failed" and "not valid JSON" in job.error
@@ -246,8 +246,8 @@ def test_sweep_and_presenter_replay(lab_env):
     at = new_app()
     at.session_state["run"] = "tiny-run"
     goto(at, "recovery")
-    at.number_input(key="rec_max_new").set_value(4)
-    at.number_input(key="rec_steps").set_value(2)
+    at.text_input(key="rec_max_new").input("4")
+    at.text_input(key="rec_steps").input("2")
     at.text_input(key="sweep_budgets").input("0, 0.1").run()
     at.button(key="start_sweep").click().run()
     job = wait_job("sweep")
@@ -276,7 +276,7 @@ def test_attribution_page_renders_saved_results_and_runs_a_job(lab_env):
     at.session_state["run"] = "tiny-run"
     goto(at, "attribution")
     assert not problems(at)
-    at.number_input(key="attr_k").set_value(2)
+    at.text_input(key="attr_k").input("2")
     at.button(key="start_attribution").click().run()
     job = wait_job("attribution", timeout=300)
     assert job.status == "done", job.error
