@@ -212,3 +212,44 @@ def test_labels_survive_kill_9_of_the_server(lab_env):
         server.stop()
     labels = _labels(data, "crash-run")
     assert labels == {0: "genuine"}
+
+
+def test_a_budget_of_0_keeps_start_off_in_a_real_browser(lab_env):
+    """The issue's case, typed by a real user: 0 in Budget B shows the engine's message under the field and Start
+    recovery stays off (before, the number box showed a red hint yet the job ran with B = 40). No job starts."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.app.apphelpers import make_flips_run
+
+    data = lab_env
+    run = make_flips_run(data, "budget-run", n=2)
+    server = b.Server(data, "tiny", log=b.ARTIFACTS / "budget-server.log").start()
+    try:
+        with sync_playwright() as pw:
+            browser = b.launch(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"{server.url}/recovery?run=budget-run")
+            b.settle(page, 180)
+            start = page.get_by_role("button", name="Start recovery")
+            start.wait_for()
+            assert start.is_enabled()
+            b.set_number(page, "Budget B", 0)
+            message = page.get_by_text("Budget B must be a positive finite number, got 0")
+            message.wait_for()
+            assert message.is_visible()
+            assert start.is_disabled()
+            assert page.get_by_role("button", name="Start sweep").is_disabled()
+            b.assert_no_exception(page, "budget 0")
+            path = b.shot(page, "11-budget-0-refused")
+            assert path.stat().st_size > 0
+            # "abc" and NaN are refused as typed too (a number box used to drop them without a word)
+            for typed, text in (("abc", "Budget B must be a number, got 'abc'"), ("nan", "got nan")):
+                b.set_number(page, "Budget B", typed)
+                page.get_by_text(text).first.wait_for()
+                assert start.is_disabled()
+            b.set_number(page, "Budget B", 40)
+            assert start.is_enabled() and not page.get_by_text("Budget B must").count()
+            browser.close()
+    finally:
+        server.stop()
+    assert not (run / "recoveries").exists() and not (run / "recovery.jsonl").exists()  # no job ever started
