@@ -52,15 +52,21 @@ def contrast_tab(lm, sae) -> None:
     from engine.method.prompts import load_prompts
     from engine.services import jobs
 
+    n_builtin = len(load_prompts("builtin:harmless"))
+    form = validate.Form()
     c1, c2, c3 = st.columns(3)
-    n_prompts = c1.number_input("Prompts (built-in harmless)", 2, 50, 12, key="contrast_prompts", **_PERSIST)
-    max_new = c2.number_input("Answer tokens", 8, 128, 32, key="contrast_tokens", **_PERSIST)
-    top_n = c3.number_input("Show the top", 5, 200, 20, key="contrast_k", **_PERSIST)
+    n_prompts = form.number(c1, "Prompts (built-in harmless)", "contrast_prompts", 12, says="Prompts",
+                            check=validate.between(2, n_builtin, "Prompts", f"the built-in harmless set has {n_builtin}"))
+    max_new = form.number(c2, "Answer tokens", "contrast_tokens", 32,
+                          check=validate.chain(validate.generation_check("max_new_tokens", "Answer tokens"),
+                                               validate.context_check(lm, "Answer tokens")))
+    top_n = form.number(c3, "Show the top", "contrast_k", 20, says="Show the top",
+                        check=validate.between(1, sae.d_sae, "Show the top", f"this SAE has {sae.d_sae} features"))
     job = state.attach_job("contrast_job", "contrast", sae=sae.source)
-    if st.button("Search by contrast", type="primary", key="contrast_go", disabled=job is not None and job.running):
-        prompts = load_prompts("builtin:harmless", int(n_prompts))
+    if st.button("Search by contrast", type="primary", key="contrast_go", disabled=(job is not None and job.running) or not form.ok):
+        prompts = load_prompts("builtin:harmless", n_prompts)
 
-        def work(j, prompts=prompts, max_new=int(max_new), top_n=int(top_n)):
+        def work(j, prompts=prompts, max_new=max_new, top_n=top_n):
             j.set_progress(0, 2, "the model answers the prompts")
             refusal_pairs, answer_pairs = search.contrast_pairs(lm, prompts, max_new_tokens=max_new)
             j.set_progress(1, 2, "reading SAE activations")

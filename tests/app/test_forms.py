@@ -156,6 +156,20 @@ def test_feature_indices_and_clamp_values_are_checked_not_clamped(lab_env):
     assert not any(b.key == "card_go" for b in at.button)
 
 
+def test_contrast_search_settings_are_checked_before_a_job(lab_env):
+    before = _job_ids()
+    at = new_app()
+    goto(at, "features")
+    assert not at.button(key="contrast_go").disabled
+    for key, bad, says, good in [
+        ("contrast_prompts", ["0", "1", "-1", "nan", "abc", HUGE, "51"], "Prompts", "12"),
+        ("contrast_tokens", ["0", "-1", "nan", "abc", HUGE, "99999"], "Answer tokens", "32"),
+        ("contrast_k", ["0", "-1", "nan", "abc", HUGE, "65"], "Show the top", "20"),
+    ]:
+        _refuses(at, key, bad, "contrast_go", says, good)
+    assert _job_ids() == before
+
+
 def test_search_results_add_checks_how_many_and_the_value(lab_env):
     at = new_app()
     goto(at, "features")

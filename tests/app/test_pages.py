@@ -84,8 +84,8 @@ def test_features_add_by_index_edit_and_presets(app):
 
 def test_features_contrast_job_prompt_search_and_card(app):
     goto(app, "features")
-    app.number_input(key="contrast_prompts").set_value(3)
-    app.number_input(key="contrast_tokens").set_value(8)
+    app.text_input(key="contrast_prompts").input("3")
+    app.text_input(key="contrast_tokens").input("8")
     app.button(key="contrast_go").click().run()
     job = wait_job("contrast")
     assert job.status == "done", job.error
