@@ -8,7 +8,7 @@ from engine.errors import LabError
 from engine.services import jobs
 from engine.store import catalogue
 from ui import attribution_views as av
-from ui import charts, render, state, validate
+from ui import charts, records, render, state, validate
 
 st.title("Attribution: which part of δ carries the recovery?")
 st.caption(
@@ -20,54 +20,62 @@ st.caption(
 info = state.require_run("Run (with recovery results)", "attr_run", "recovery.jsonl",
                          "No run has recovery results yet: run Recovery first.", "app_pages/recovery.py", "4 · Recovery →")
 name = info.name
+record = records.pick(info, "recovery", "attr_record")  # each recovery of the run has its own attribution
+assert record is not None  # require_run asked for a run with a recovery
 
 job = state.attach_job("attribution_job", "attribution", run=name)
-if not state.presenter():
+ticking = job is not None and job.running
+if not state.presenter() and (not record.has_attribution or record.attribution_summary is None or
+                              record.attribution_summary.get("cancelled")):
+    resume = record.has_attribution and not ticking
+    if resume:
+        st.info(f"The attribution of `{record.name}` was stopped before it finished; resuming keeps the finished "
+                "examples (use the same k).")
     c1, c2 = st.columns([1, 3])
-    d_sae = validate.attribution_d_sae(info.config, ((info.recovery_summary or {}).get("config") or {}).get("delta_layer"))
+    d_sae = validate.attribution_d_sae(info.config, record.config.get("delta_layer"))
     top_k = validate.Form().number(c1, "k (top changed features)", "attr_k", 10, check=validate.top_k_check(d_sae), says="k",
                                    help="How many of the most changed non-clamped features form the top-k part"
                                         + (f" (0 to d_sae = {d_sae})." if d_sae else " (0 or more)."))
     c2.write("")
-    if c2.button("Run attribution", type="primary", key="start_attribution", disabled=(job is not None and job.running) or top_k is None):
+    if c2.button("Resume attribution" if resume else "Run attribution", type="primary", key="start_attribution",
+                 disabled=ticking or top_k is None):
         lm, sae = state.require_model()
         if not state.run_model_matches(info, lm):
             st.stop()
-        run_dir, total = info.path, len(catalogue.read_records(name, "recovery.jsonl"))
+        run_dir, total = info.path, len(catalogue.read_records(name, "recovery.jsonl", record.name))
 
-        def work(j: jobs.Job, run_dir=run_dir, k=int(top_k), total=total):
+        def work(j: jobs.Job, run_dir=run_dir, k=int(top_k), total=total, rec_name=record.name, resume=resume):
             def on_record(rec: dict) -> None:
                 j.log(rec)
                 j.set_progress(j.n_events, total)
 
             j.set_progress(0, total, "replaying each part under the clamp")
-            return run_attribution(run_dir, k, lm=lm, cancel=j.cancel, on_record=on_record)
+            return run_attribution(run_dir, k, lm=lm, cancel=j.cancel, on_record=on_record, recovery=rec_name, resume=resume)
 
-        job = jobs.start_job("attribution", work, meta={"run": name})
+        job = jobs.start_job("attribution", work, meta={"run": name, "recovery": record.name})
         state.remember_job("attribution_job", job)
         st.rerun()
 
-ticking = job is not None and job.running
 render.live_job(job, "cancel_attribution", "Stops after the current batch; finished examples are kept.")
 
-if info.has_attribution and not ticking:
+if record.has_attribution and not ticking:
     try:
-        records = catalogue.read_records(name, "attribution.jsonl")
+        rows = catalogue.read_records(name, "attribution.jsonl", record.name)
     except LabError as exc:
         st.error(str(exc))
         st.stop()
-    agg = av.aggregate_rows(records)
-    st.subheader(f"All {len(records)} recovered examples")
+    agg = av.aggregate_rows(rows)
+    st.subheader(f"All {len(rows)} attributed examples of `{record.name}`")
     left, right = st.columns([3, 2])
-    agg_chart, heat_chart = charts.attribution_aggregate_chart(agg), charts.attribution_heatmap(av.heatmap_rows(records))
+    agg_chart, heat_chart = charts.attribution_aggregate_chart(agg), charts.attribution_heatmap(av.heatmap_rows(rows))
     left.altair_chart(agg_chart, width="stretch", height=charts.chart_height(agg_chart))
     right.altair_chart(heat_chart, width="stretch", height=charts.chart_height(heat_chart))
     st.caption(f"Paper (gemma-2-2b-it + Gemma Scope, AdvBench, n = {PAPER['n']}): "
                + " · ".join(f"{charts.COMPONENT_LABELS[c]} {PAPER[c]}" for c in COMPONENTS if c in PAPER))
     st.subheader("One example")
-    ids = [r.get("id") for r in records]
+    ids = [r.get("id") for r in rows]
     pick = st.selectbox("Prompt", ids, format_func=lambda i: f"#{i}", key="attr_pick")
-    rec = next(r for r in records if r.get("id") == pick)
+    rec = next(r for r in rows if r.get("id") == pick)
     if rec.get("prompt"):
         st.markdown(f"**#{pick}** {rec['prompt']}")
     ex_chart = charts.attribution_example_chart(av.example_rows(rec), f"Prompt #{pick}: each part replayed alone")
@@ -80,10 +88,10 @@ if info.has_attribution and not ticking:
         sae = state.get_sae()
     except LabError:
         pass
-    rows = av.topk_rows(records, sae)
-    if rows:
-        top_chart = charts.topk_chart(rows[:30])
+    top = av.topk_rows(rows, sae)
+    if top:
+        top_chart = charts.topk_chart(top[:30])
         st.altair_chart(top_chart, width="stretch", height=charts.chart_height(top_chart))
-    av.topk_table(rows)
+    av.topk_table(top)
 elif not ticking:
-    st.info("No attribution results for this run yet." + ("" if state.presenter() else " Run it above."))
+    st.info(f"No attribution of `{record.name}` yet." + ("" if state.presenter() else " Run it above."))

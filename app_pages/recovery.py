@@ -3,11 +3,12 @@
 import streamlit as st
 
 from engine.errors import LabError
+from engine.recovery.config import RecoveryConfig
 from engine.recovery.driver import run_recovery
 from engine.recovery.sweep import run_sweep
 from engine.services import jobs
 from engine.store import catalogue
-from ui import charts, clamp_set, recovery_form, render, state, validate
+from ui import charts, clamp_set, records, recovery_form, render, state, validate
 from ui import recovery_views as rv
 
 st.title("Recovery: is the behaviour really gone?")
@@ -28,41 +29,54 @@ if state.presenter():  # replay from files only: no model, no network
     st.stop()
 lm, sae = state.try_model()  # without the run's model, results stay readable but nothing new can start
 can_run = lm is not None and state.run_model_matches(info, lm)
-n_valid = int((info.summary or {}).get("n_valid", 0))
+n_judged = int((info.summary or {}).get("n_valid", 0))
 
 rec_job = state.attach_job("recovery_job", "recovery", run=name)
 sweep_job = state.attach_job("sweep_job", "sweep", run=name)
 active = next((j for j in (rec_job, sweep_job) if j is not None and j.running), None)
 
 specs = None
-if can_run and n_valid:
+if can_run:
     try:
         specs = clamp_set.run_specs(lm, info.config)
     except LabError as exc:
         st.error(f"The clamp set of `{name}` cannot be loaded, so it cannot be recovered here: {exc}")
 
-form_cfg = None
-if n_valid == 0:
+
+def start_recovery(cfg: RecoveryConfig, limit: int | None, valid: str, rec_name: str | None, resume: bool, n: int) -> None:
+    """A background recovery job (new record, or resuming ``rec_name``); the page polls it."""
+    run_dir, total = info.path, n * cfg.steps
+
+    def work(j: jobs.Job):
+        def on_event(ev) -> None:
+            j.log(ev)
+            j.set_progress(min(j.n_events, total), total, f"· prompt #{ev.prompt_id}, step {ev.step}")
+
+        j.set_progress(0, total, "resuming" if resume else "preparing")
+        return run_recovery(run_dir, cfg, lm=lm, on_event=on_event, cancel=j.cancel, limit=limit, name=rec_name,
+                            resume=resume, valid=valid)
+
+    job = jobs.start_job("recovery", work, meta={"run": name, "delta_layer": cfg.delta_layer})
+    state.remember_job("recovery_job", job)
+    st.rerun()
+
+
+form_cfg, valid, n_valid = None, "judge", n_judged
+if n_judged == 0 and not info.path.joinpath("labels.jsonl").is_file():
     st.warning("This run has no valid flips, so there is nothing to recover. Pick another run or make a stronger clamp.")
 elif specs is not None:
-    with st.expander(f"Recover the {n_valid} valid flips of `{name}`", expanded=active is None and not info.has_recovery):
-        cfg, limit, delta_layer = recovery_form.settings_form(n_valid, specs, lm.n_layers, name)
-        form_cfg = cfg
-        if st.button("Start recovery", type="primary", key="start_recovery", disabled=cfg is None or active is not None):
-            run_dir = info.path
-            total = limit * cfg.steps
-
-            def work(j: jobs.Job, cfg=cfg, limit=limit, run_dir=run_dir, total=total):
-                def on_event(ev) -> None:
-                    j.log(ev)
-                    j.set_progress(min(j.n_events, total), total, f"· prompt #{ev.prompt_id}, step {ev.step}")
-
-                j.set_progress(0, total, "preparing")
-                return run_recovery(run_dir, cfg, lm=lm, on_event=on_event, cancel=j.cancel, limit=limit)
-
-            job = jobs.start_job("recovery", work, meta={"run": name, "delta_layer": delta_layer})
-            state.remember_job("recovery_job", job)
-            st.rerun()
+    with st.expander(f"Recover the valid flips of `{name}` (a new recovery; earlier ones are kept)",
+                     expanded=active is None and not info.has_recovery):
+        valid, n_valid = records.valid_choice(info, "rec_valid")
+        rec_name, name_error = records.record_name("rec_name")
+        if n_valid == 0:
+            st.warning(f"The valid set '{valid}' is empty for this run: pick another, or label flips on the Flips page.")
+        else:
+            cfg, limit, delta_layer = recovery_form.settings_form(n_valid, specs, lm.n_layers, name)
+            form_cfg = cfg
+            if st.button("Start recovery", type="primary", key="start_recovery",
+                         disabled=cfg is None or active is not None or name_error is not None):
+                start_recovery(cfg, limit, valid, rec_name, False, limit)
 
 ticking = active is not None
 if ticking:
@@ -74,38 +88,48 @@ for job in (rec_job, sweep_job):
     if job is not None and job.status == "failed" and not ticking:
         st.error(f"The last {job.kind} failed: {job.error}")
 
-if info.has_recovery and not (rec_job is not None and rec_job.running):
+record = records.pick(info, "recovery", "rec_record") if not (rec_job is not None and rec_job.running) else None
+if record is not None:
     st.subheader("Results")
+    if record.status != "complete" and active is None and can_run and specs is not None:
+        st.info(f"`{record.name}` was stopped before it finished ({records.STATUS_WORDS[record.status]}). Resuming keeps every "
+                "finished prompt and continues with the same settings.")
+        if st.button(f"Resume `{record.name}`", key="resume_recovery", type="primary"):
+            saved = record.config
+            start_recovery(RecoveryConfig.from_json(saved), saved.get("limit"), saved.get("valid", "judge"), record.name,
+                           True, len(saved.get("flip_ids", [])))
+    records.delete_button(info, record, "rec_delete")
     try:
-        records = catalogue.read_records(name, "recovery.jsonl")
+        rows = catalogue.read_records(name, "recovery.jsonl", record.name)
     except LabError as exc:
         st.error(str(exc))
-        records = []
-    if info.recovery_summary:
-        cfg_used = info.recovery_summary.get("config") or {}
+        rows = []
+    if record.summary:
+        cfg_used = record.summary.get("config") or {}
         st.caption(
             f"projection **{cfg_used.get('projection')}** · budget {cfg_used.get('budget')} "
             f"({'per position' if cfg_used.get('budget_kind') == 'per_position' else 'whole matrix'}"
             f"{', relative to the median residual norm' if cfg_used.get('budget_relative') else ', absolute'}) · "
-            f"{cfg_used.get('steps')} steps · lr {cfg_used.get('lr')} · δ at layer {cfg_used.get('delta_layer')}"
+            f"{cfg_used.get('steps')} steps · lr {cfg_used.get('lr')} · δ at layer {cfg_used.get('delta_layer')} · "
+            f"valid set: {record.config.get('valid', 'judge')}"
             + (f" · drift penalty λ {cfg_used.get('effective_drift_penalty')} · basis {cfg_used.get('jacobian_basis')} "
                f"({cfg_used.get('n_probes')} probes) · {cfg_used.get('correction_steps')} correction step(s)"
                f" · later drift held over {cfg_used.get('constraint_positions', 'all')} positions"
                + (" · δ ⟂ the later encoder rows" if cfg_used.get("later_encoder_prior") else "")
                if cfg_used.get("projection") == "jacobian" else "")
         )
-        rv.summary_metrics(info.recovery_summary)
-    if records:
+        rv.summary_metrics(record.summary)
+    if rows:
         if not ticking:
-            rv.live_charts(rv.history_events(records))
-            if len(rv.layer_rows(info.recovery_summary or {})) > 1 and not any(r.get("drift_per_layer_history") for r in records):
+            rv.live_charts(rv.history_events(rows))
+            if len(rv.layer_rows(record.summary or {})) > 1 and not any(r.get("drift_per_layer_history") for r in rows):
                 st.caption("This run was recovered before the per-layer drift of every step was saved: the table above and "
                            "the columns below give each prompt's final drift per layer.")
-        rv.results_table(records)
-        ids = [r["id"] for r in records]
+        rv.results_table(rows)
+        ids = [r["id"] for r in rows]
         pick = st.selectbox("Texts of prompt", ids, format_func=lambda i: f"#{i}", key="rec_pick")
         flips = {f["id"]: f for f in catalogue.read_records(name, "flips.jsonl")}
-        rv.texts_side_by_side(next(r for r in records if r["id"] == pick), flips.get(pick, {}))
+        rv.texts_side_by_side(next(r for r in rows if r["id"] == pick), flips.get(pick, {}))
 
 st.subheader("Budget sweep")
 st.caption(
@@ -121,23 +145,34 @@ budgets_text = c1.text_input(
 )
 budgets = validate.budgets(c1, budgets_text, validate.Form(), "sweep_budgets")  # the engine's check_budgets; None: refused
 c2.write("")
-if c2.button("Start sweep", key="start_sweep", disabled=active is not None or form_cfg is None or budgets is None):
-    run_dir, total = info.path, len(budgets) * n_valid * form_cfg.steps
 
-    def sweep_work(j: jobs.Job, budgets=budgets, cfg=form_cfg, run_dir=run_dir, total=total):
+def start_sweep(budgets: list[float], cfg: RecoveryConfig, valid: str, limit: int | None, sweep_name: str | None,
+                resume: bool, n: int) -> None:
+    run_dir, total = info.path, len(budgets) * n * cfg.steps
+
+    def sweep_work(j: jobs.Job):
         def on_event(ev) -> None:
             j.log(ev)
             j.set_progress(min(j.n_events, total), total)
 
-        j.set_progress(0, total, "sweeping")
-        return run_sweep(run_dir, budgets, cfg, lm=lm, on_event=on_event, cancel=j.cancel)
+        j.set_progress(0, total, "resuming" if resume else "sweeping")
+        return run_sweep(run_dir, budgets, cfg, lm=lm, on_event=on_event, cancel=j.cancel, limit=limit, name=sweep_name,
+                         resume=resume, valid=valid)
 
-    job = jobs.start_job("sweep", sweep_work, meta={"run": name, "delta_layer": form_cfg.delta_layer})
+    job = jobs.start_job("sweep", sweep_work, meta={"run": name, "delta_layer": cfg.delta_layer})
     state.remember_job("sweep_job", job)
     st.rerun()
-if info.sweeps:
-    try:
-        sweep = catalogue.read_sweep(name, info.sweeps[0])
-        st.altair_chart(charts.sweep_chart(rv.sweep_rows(sweep)), width="stretch")
-    except LabError as exc:
-        st.error(str(exc))
+
+
+if c2.button("Start sweep", key="start_sweep", disabled=active is not None or form_cfg is None or budgets is None):
+    start_sweep(budgets, form_cfg, valid, None, None, False, n_valid)
+sweep_record = records.pick(info, "sweep", "sweep_record") if not (sweep_job is not None and sweep_job.running) else None
+if sweep_record is not None:
+    if sweep_record.status != "complete" and active is None and can_run and specs is not None:
+        if st.button(f"Resume sweep `{sweep_record.name}`", key="resume_sweep"):
+            saved = sweep_record.config
+            start_sweep(saved.get("budgets", []), RecoveryConfig.from_json(saved), saved.get("valid", "judge"), saved.get("limit"),
+                        sweep_record.name, True, len(saved.get("flip_ids", [])))
+    if sweep_record.summary:
+        st.altair_chart(charts.sweep_chart(rv.sweep_rows(sweep_record.summary)), width="stretch")
+    records.delete_button(info, sweep_record, "sweep_delete")

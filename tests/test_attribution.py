@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-
-from engine.store.records import get_record
 import math
 
 import pytest
@@ -13,6 +11,7 @@ import torch
 from engine.attribution.components import component, top_features
 from engine.method.clamp import ClampSpec
 from engine.method.generation import GenerationConfig, generate
+from engine.store.records import get_record
 
 
 def test_components_add_back_to_delta(tiny_jumprelu):

@@ -19,13 +19,16 @@ def replay_section(name: str, info) -> None:
     if not info.has_recovery:
         st.info("This run has no recovery yet, so there is nothing to replay. Pick another run in the selector above.")
         return
+    from ui import records as record_views
+
+    record = record_views.pick(info, "recovery", "replay_record")
     try:
-        records = catalogue.read_records(name, "recovery.jsonl")
+        records = catalogue.read_records(name, "recovery.jsonl", record.name)
     except LabError as exc:
         st.error(str(exc))
         return
     n_steps = max((len(r.get("loss_history") or []) for r in records), default=0)
-    step_key, play_key = f"replay_step:{name}", f"replay_playing:{name}"
+    step_key, play_key = f"replay_step:{name}:{record.name}", f"replay_playing:{name}:{record.name}"
     st.session_state.setdefault(step_key, n_steps)
     st.session_state.setdefault(play_key, False)
 
@@ -62,8 +65,8 @@ def replay_section(name: str, info) -> None:
 
     frame()
     if not playing and st.session_state[step_key] >= n_steps:
-        if info.recovery_summary:
-            rv.summary_metrics(info.recovery_summary)
+        if record.summary:
+            rv.summary_metrics(record.summary)
         ids = [r["id"] for r in records]
         pick = st.selectbox("Prompt", ids, format_func=lambda i: f"#{i}", key=f"replay_pick:{name}")
         flips = {f["id"]: f for f in catalogue.read_records(name, "flips.jsonl")}

@@ -186,10 +186,11 @@ def set_current_run(name: str | None) -> None:
 
 
 def run_picker(label: str, key: str, need: str = "flips.jsonl", help: str | None = None) -> str | None:
-    """A selectbox of stored runs that have ``need``; the choice becomes the session's current run."""
+    """A selectbox of stored runs that have ``need`` (``recovery.jsonl``: in any of its recovery records); the choice
+    becomes the session's current run."""
     from engine.store.catalogue import list_runs
 
-    runs = [r.name for r in list_runs() if (r.path / need).is_file()]
+    runs = [r.name for r in list_runs() if (r.has_recovery if need == "recovery.jsonl" else (r.path / need).is_file())]
     if not runs:
         return None
     current = current_run()

@@ -18,6 +18,7 @@ from pathlib import Path
 from engine.errors import LabError
 from engine.paths import data_dir
 from engine.store.files import read_json, read_jsonl
+from engine.store.records import RecoveryRecord, list_records
 from engine.store.trash import TrashEntry
 
 logger = logging.getLogger(__name__)
@@ -43,23 +44,46 @@ class RunInfo:
     created: float
     config: dict = field(default_factory=dict)
     summary: dict | None = None
-    recovery_summary: dict | None = None
-    attribution_summary: dict | None = None
-    sweeps: list[str] = field(default_factory=list)
-    """Names of sweep JSON files in the run."""
-    delta_files: list[str] = field(default_factory=list)
+    records: list[RecoveryRecord] = field(default_factory=list)
+    """Its recoveries and sweeps (``RUN/recoveries/``), newest first."""
 
     @property
     def has_flips(self) -> bool:
         return (self.path / "flips.jsonl").is_file()
 
     @property
+    def recoveries(self) -> list[RecoveryRecord]:
+        return [r for r in self.records if r.kind == "recovery"]
+
+    @property
+    def sweeps(self) -> list[RecoveryRecord]:
+        return [r for r in self.records if r.kind == "sweep"]
+
+    def record(self, name: str | None = None, kind: str = "recovery") -> RecoveryRecord | None:
+        """The record ``name``, or the newest of ``kind``; None when there is none."""
+        for r in self.records:
+            if r.kind == kind and (name is None or r.name == name):
+                return r
+        return None
+
+    @property
     def has_recovery(self) -> bool:
-        return (self.path / "recovery.jsonl").is_file()
+        return any((r.path / "recovery.jsonl").is_file() for r in self.recoveries)
 
     @property
     def has_attribution(self) -> bool:
-        return (self.path / "attribution.jsonl").is_file()
+        return any(r.has_attribution for r in self.recoveries)
+
+    @property
+    def recovery_summary(self) -> dict | None:
+        """The newest recovery's summary (the runs table shows it; pages pick a record)."""
+        newest = self.record()
+        return newest.summary if newest else None
+
+    @property
+    def attribution_summary(self) -> dict | None:
+        """The attribution summary of the newest recovery that has one."""
+        return next((r.attribution_summary for r in self.recoveries if r.attribution_summary), None)
 
 
 def _safe_name(name: str) -> str:
@@ -88,13 +112,8 @@ def get_run(name: str) -> RunInfo:
         raise LabError(f"there is no run {name!r} in {runs_root()}")
     config = _maybe_json(path / "config.json") or {}
     created = config.get("created") if isinstance(config.get("created"), (int, float)) else path.stat().st_mtime
-    return RunInfo(
-        name=name, path=path, created=float(created), config=config,
-        summary=_maybe_json(path / "summary.json"), recovery_summary=_maybe_json(path / "recovery_summary.json"),
-        attribution_summary=_maybe_json(path / "attribution_summary.json"),
-        sweeps=sorted(p.name for p in path.glob("sweep*.json")),
-        delta_files=sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.suffix in DELTA_SUFFIXES),
-    )
+    return RunInfo(name=name, path=path, created=float(created), config=config, summary=_maybe_json(path / "summary.json"),
+                   records=list_records(path))
 
 
 def list_runs() -> list[RunInfo]:
@@ -106,17 +125,42 @@ def list_runs() -> list[RunInfo]:
     return sorted(out, key=lambda r: r.created, reverse=True)
 
 
-def read_records(name: str, file: str) -> list[dict]:
-    """The JSONL records ``file`` of a run (empty when the step has not run)."""
+def read_records(name: str, file: str, recovery: str | None = None) -> list[dict]:
+    """The JSONL records ``file`` of a run (empty when the step has not run).
+
+    ``flips.jsonl`` is the run's; ``recovery.jsonl`` and ``attribution.jsonl`` are a recovery record's (``recovery``,
+    default the newest).
+    """
     if file not in RECORD_FILES:
         raise LabError(f"{file!r} is not a record file ({', '.join(RECORD_FILES)})")
-    path = run_path(name) / file
-    return read_jsonl(path) if path.is_file() else []
+    if file == "flips.jsonl":
+        path = run_path(name) / file
+    else:
+        record = get_run(name).record(recovery)
+        if record is None:
+            if recovery is not None:
+                raise LabError(f"run {name!r} has no recovery named {recovery!r}")
+            return []
+        path = record.path / file
+    return read_jsonl(path, torn_tail=True) if path.is_file() else []
 
 
-def read_sweep(name: str, file: str) -> dict:
-    path = run_path(name) / Path(file).name
-    return read_json(path)
+def read_sweep(name: str, sweep: str) -> dict:
+    """``sweep.json`` of the sweep record ``sweep``."""
+    record = get_run(name).record(sweep, kind="sweep")
+    if record is None:
+        raise LabError(f"run {name!r} has no sweep named {sweep!r}")
+    return read_json(record.path / "sweep.json")
+
+
+def delete_recovery(name: str, recovery: str):
+    """Move one recovery (or sweep) record of a run to the trash (restorable from the Runs page)."""
+    from engine.store.trash import move_to_trash
+
+    record = next((r for r in get_run(name).records if r.name == recovery), None)
+    if record is None:
+        raise LabError(f"run {name!r} has no recovery named {recovery!r}")
+    return move_to_trash(record.path, "sweep record" if record.kind == "sweep" else "recovery record")
 
 
 def new_run_dir(label: str = "flips") -> Path:
@@ -182,6 +226,8 @@ def export_zip(name: str) -> bytes:
             rel = f"{name}/{path.relative_to(info.path)}"
             if path.suffix in (".json", ".txt", ".csv") or path.suffix in DELTA_SUFFIXES:
                 zf.write(path, rel)
+            elif path.suffix == ".jsonl" and path.name == "labels.jsonl":
+                zf.write(path, rel)  # the label log; its readable form is labels.csv below
             elif path.suffix == ".jsonl":
                 zf.write(path, rel)
                 rows = read_jsonl(path)

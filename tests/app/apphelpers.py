@@ -88,7 +88,17 @@ def add_recovery(run: Path, steps: int = 2, **settings) -> dict:
 
 
 def add_attribution_records(run: Path, n: int = 3) -> None:
-    """attribution.jsonl / summary in the engine's shape, written by hand (the replay itself is tested in tests/)."""
+    """attribution.jsonl / summary in the engine's shape, written by hand into the run's newest recovery record (the
+    replay itself is tested in tests/)."""
+    from engine.store.records import create_record, list_records
+
+    found = list_records(run)
+    if found:
+        record = found[0].path
+    else:  # a record of its own, as `recover` would have made (its recovery.jsonl left empty)
+        record = create_record(run, "hand", "recovery", {"projection": "encoder", "budget": 1.0, "delta_layer": 1,
+                                                          "valid": "judge", "limit": None, "flip_ids": list(range(n))})
+        (record / "recovery.jsonl").write_text("")
     comps = ["full", "clamped", "non_clamped", "topk", "residual", "knockout"]
     rows = []
     for i in range(n):
@@ -97,8 +107,8 @@ def add_attribution_records(run: Path, n: int = 3) -> None:
                                       {"index": 9 + i, "delta_z_norm": 0.2, "delta_z_mean": -0.1, "neuronpedia_url": None}],
                      "components": {c: {"non_refusal": c in ("full", "residual"), "base_like": False, "base_logprob_gain": 1.0 + k,
                                         "norm": 1.0, "text": f"{c} text"} for k, c in enumerate(comps)}})
-    (run / "attribution.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run / "attribution_summary.json").write_text(json.dumps({"n": n, "components": {}}))
+    (record / "attribution.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (record / "attribution_summary.json").write_text(json.dumps({"n": n, "components": {}}))
 
 
 def env_for_server(data: Path, model: str = "tiny") -> dict:

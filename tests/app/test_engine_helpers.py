@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
 import threading
 import time
 import zipfile
@@ -99,19 +98,6 @@ def test_event_log_is_bounded(monkeypatch):
 # ------------------------------------------------------------------------------------------------ labels
 
 
-def test_labels_are_durable_in_wal_sqlite(lab_env):
-    labels.set_label("run-a", 3, "genuine", "clear refusal", "prompt three")
-    labels.set_label("run-a", 5, "not", "apology only")
-    labels.set_label("run-a", 3, "unsure", "changed my mind")  # replaces
-    got = labels.get_labels("run-a")
-    assert {k: v.label for k, v in got.items()} == {3: "unsure", 5: "not"}
-    assert got[3].note == "changed my mind"
-    assert labels.label_counts("run-a") == {"genuine": 0, "not": 1, "unsure": 1}
-    with sqlite3.connect(labels.db_path()) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert labels.db_path().parent == lab_env
-
-
 def test_bad_label_is_refused(lab_env):
     with pytest.raises(LabError, match="unknown label"):
         labels.set_label("run-a", 1, "maybe")
@@ -144,9 +130,9 @@ def test_list_open_compare_delete(lab_env):
     assert diff["flips.n_valid"]["a"] == 2 and diff["flips.n_valid"]["b"] == 0 and not diff["flips.n_valid"]["same"]
     assert diff["config.model"]["same"]
     labels.set_label("run-a", 0, "genuine")
-    catalogue.delete_run("run-a")
+    entry = catalogue.delete_run("run-a")
     assert [r.name for r in catalogue.list_runs()] == ["run-b"]
-    assert labels.get_labels("run-a") == {}
+    assert (entry.content / "labels.jsonl").is_file()  # the labels went to the trash with the run
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", "", ".hidden", "x" * 200])
@@ -158,14 +144,16 @@ def test_run_names_cannot_escape_the_store(lab_env, name):
 def test_export_zip_has_json_csv_parquet_deltas_and_labels(lab_env):
     run = make_flips_run(lab_env, "run-z", n=2)
     add_attribution_records(run, n=2)
-    (run / "deltas").mkdir()
-    (run / "deltas" / "0.safetensors").write_bytes(b"not really tensors")
+    record = run / "recoveries" / "hand"
+    (record / "deltas").mkdir()
+    (record / "deltas" / "0.safetensors").write_bytes(b"not really tensors")
     labels.set_label("run-z", 0, "not", "n")
     data = catalogue.export_zip("run-z")
     zf = zipfile.ZipFile(io.BytesIO(data))
     names = set(zf.namelist())
     for expected in ("run-z/config.json", "run-z/flips.jsonl", "run-z/flips.csv", "run-z/flips.parquet",
-                     "run-z/attribution.jsonl", "run-z/attribution.parquet", "run-z/deltas/0.safetensors", "run-z/labels.csv"):
+                     "run-z/recoveries/hand/attribution.jsonl", "run-z/recoveries/hand/attribution.parquet",
+                     "run-z/recoveries/hand/deltas/0.safetensors", "run-z/labels.csv"):
         assert expected in names
     import pandas as pd
 

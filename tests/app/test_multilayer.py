@@ -165,7 +165,7 @@ def test_jacobian_recovery_draws_one_drift_line_per_layer_and_per_layer_results(
     job = jobs.latest_job("recovery", run="two-layer")
     while job.running and job.n_events < 4:
         job.wait(0.2)
-    used = json.loads((lab_env / "runs" / "two-layer" / "recovery_config.json").read_text())
+    used = catalogue.get_run("two-layer").record().config
     assert {k: used[k] for k in ("projection", "delta_layer", "n_probes", "correction_steps", "constraint_positions",
                                  "later_encoder_prior")} == {"projection": "jacobian", "delta_layer": 1, "n_probes": 2,
                                                              "correction_steps": 1, "constraint_positions": "answer",
