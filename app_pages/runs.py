@@ -8,7 +8,7 @@ import streamlit as st
 
 from engine.errors import LabError
 from engine.store import catalogue, labels
-from ui import run_views, state
+from ui import records, run_views, state
 
 st.title("Runs")
 st.caption(f"Saved under `{catalogue.runs_root().resolve()}` (set `SAE_LAB_DATA` to move it). CLI runs written there show up too.")
@@ -37,14 +37,17 @@ with tab_open:
         st.json({k: v for k, v in info.config.items() if k != "judge"}, expanded=False)
         st.markdown("**Hand labels:** " + ", ".join(f"{k} {v}" for k, v in labels.label_counts(name).items()))
     with c2:
-        for title, data in (("Flips summary", info.summary), ("Recovery summary", info.recovery_summary),
-                            ("Attribution summary", info.attribution_summary)):
+        record = records.pick(info, "recovery", f"runs_record:{name}")  # every recovery of the run is kept
+        for title, data in (("Flips summary", info.summary), ("Recovery summary", record.summary if record else None),
+                            ("Attribution summary", record.attribution_summary if record else None)):
             if data:
                 st.markdown(f"**{title}**")
                 st.json(data, expanded=False)
+        if record is not None:
+            records.delete_button(info, record, f"runs_record_delete:{name}")
     st.markdown("**Files:** " + ", ".join(sorted(p.name for p in info.path.iterdir())))
     st.subheader("Charts for slides")
-    run_views.chart_downloads(info)
+    run_views.chart_downloads(info, record)
 
 with tab_compare:
     if len(names) < 2:

@@ -23,33 +23,35 @@ def run_row(info) -> dict:
         "features": sum(len(c.get("features", [])) for c in clamps), "mode": ", ".join(sorted({str(c.get("mode")) for c in clamps})),
         "seed": info.config.get("seed"), "prompts": s.get("n_prompts"), "valid flips": s.get("n_valid"),
         "non-refusal recovery": f"{nr['k']}/{nr['n']}" if nr else None, "mean drift": r.get("mean_drift"),
-        "attribution": bool(info.attribution_summary), "sweeps": len(info.sweeps),
+        "recoveries": len(info.recoveries), "attribution": bool(info.attribution_summary), "sweeps": len(info.sweeps),
     }
 
 
-def run_charts(info) -> list[tuple[str, object]]:
-    """``(slug, chart)`` for every chart a run's files support."""
+def run_charts(info, record=None) -> list[tuple[str, object]]:
+    """``(slug, chart)`` for every chart a run's files support (recovery and attribution: of ``record``, else the newest)."""
     out: list[tuple[str, object]] = []
+    record = record or info.record()
     try:
-        if info.has_recovery:
-            records = catalogue.read_records(info.name, "recovery.jsonl")
+        if record is not None and (record.path / "recovery.jsonl").is_file():
+            records = catalogue.read_records(info.name, "recovery.jsonl", record.name)
             df = charts.step_frame(rv.history_events(records))
-            out.append(("recovery-loss", charts.metric_chart(df, "loss", f"Loss per step · {info.name}")))
-            out.append(("recovery-drift", charts.metric_chart(df, "drift", f"Defended-feature drift per step · {info.name}")))
-        for sweep_file in info.sweeps:
-            out.append((sweep_file.removesuffix(".json"), charts.sweep_chart(rv.sweep_rows(catalogue.read_sweep(info.name, sweep_file)))))
-        if info.has_attribution:
+            out.append((f"{record.name}-loss", charts.metric_chart(df, "loss", f"Loss per step · {info.name} · {record.name}")))
+            out.append((f"{record.name}-drift", charts.metric_chart(df, "drift", f"Defended-feature drift per step · {info.name} · {record.name}")))
+        for sweep in info.sweeps:
+            if sweep.summary:
+                out.append((sweep.name, charts.sweep_chart(rv.sweep_rows(sweep.summary))))
+        if record is not None and record.has_attribution:
             from ui import attribution_views as av
 
-            records = catalogue.read_records(info.name, "attribution.jsonl")
-            out.append(("attribution-aggregate", charts.attribution_aggregate_chart(av.aggregate_rows(records))))
+            records = catalogue.read_records(info.name, "attribution.jsonl", record.name)
+            out.append((f"{record.name}-attribution", charts.attribution_aggregate_chart(av.aggregate_rows(records))))
     except LabError as exc:
         st.error(str(exc))
     return out
 
 
-def chart_downloads(info) -> None:
-    found = run_charts(info)
+def chart_downloads(info, record=None) -> None:
+    found = run_charts(info, record)
     if not found:
         st.caption("This run has no recovery, sweep or attribution results to chart yet.")
         return
