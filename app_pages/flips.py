@@ -3,7 +3,7 @@
 import streamlit as st
 
 from engine.errors import LabError
-from engine.method.flips import write_flips_run
+from engine.method.flips import resume_flips_run, write_flips_run
 from engine.services import jobs
 from engine.store import catalogue, labels
 from ui import clamp_set, labelling, render, state, views
@@ -82,6 +82,23 @@ if not ticking:
         st.stop()
     if info.config.get("clamps"):
         st.caption(f"Clamps of this run: {clamp_set.run_clamps_text(info.config)}")
+    n_planned = info.config.get("n_prompts")
+    if lm is not None and not state.presenter() and isinstance(n_planned, int) and len(records) < n_planned:
+        st.info(f"This run stopped after {len(records)} of its {n_planned} prompts (cancelled, or the server stopped). "
+                "Resuming keeps the finished prompts and runs the rest with the same settings.")
+        if st.button(f"Resume `{name}`", key="resume_flips", type="primary") and state.run_model_matches(info, lm):
+            def resume_work(j: jobs.Job, run_dir=info.path, total=n_planned, done=len(records)):
+                j.set_progress(done, total, "resuming")
+
+                def on_record(row: dict) -> None:
+                    j.log(row)
+                    j.set_progress(done + j.n_events, total)
+
+                return resume_flips_run(run_dir, lm, j.cancel, on_record)
+
+            job = jobs.start_job("flips", resume_work, meta={"run": name})
+            state.remember_job("flips_job", job)
+            st.rerun()
     views.flip_summary(info.summary, records)
     if records:
         tab_label, tab_all = st.tabs(["Hand labels", "All prompts"])

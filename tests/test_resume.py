@@ -232,3 +232,32 @@ def test_sigkill_then_resume_equals_an_uninterrupted_recovery(tmp_path, run):
     assert _records(killed.path) == _records(whole.path)
     assert killed.summary == whole.summary and killed.complete
     assert sorted(p.name for p in (killed.path / "deltas").iterdir()) == sorted(p.name for p in (whole.path / "deltas").iterdir())
+
+
+def test_a_flips_run_resumes_from_its_own_files(tmp_path, tiny_lm):
+    """Cancelled after the first batch, then resumed with nothing but the run folder: the same run as in one go."""
+    import threading
+
+    from engine.lm.sae_sources import load_sae
+    from engine.method.clamp import ClampSpec
+    from engine.method.flips import resume_flips_run, write_flips_run
+    from engine.method.generation import GenerationConfig
+    from engine.method.judge import JudgeConfig
+    from engine.method.prompts import load_prompts
+
+    specs = [ClampSpec(load_sae("tiny", tiny_lm), [0, 1, 2], "set", [8.0])]
+    prompts = load_prompts("builtin:harmless", 5)
+    gen = GenerationConfig(max_new_tokens=6, batch_size=2)
+    settings = {"model": "tiny", "prompts": "builtin:harmless", "limit": 5}
+    stop = threading.Event()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    part = write_flips_run(tiny_lm, specs, prompts, gen, JudgeConfig(), tmp_path / "a", settings, stop, lambda row: stop.set())
+    assert part["cancelled"] and part["n_prompts"] == 2
+    resumed = resume_flips_run(tmp_path / "a", tiny_lm)
+    whole = write_flips_run(tiny_lm, specs, prompts, gen, JudgeConfig(), tmp_path / "b", settings)
+    assert resumed == whole and not resumed["cancelled"]
+    assert read_jsonl(tmp_path / "a" / "flips.jsonl") == read_jsonl(tmp_path / "b" / "flips.jsonl")
+    (tmp_path / "a" / "prompts.json").unlink()
+    with pytest.raises(LabError, match="does not hold its prompts"):
+        resume_flips_run(tmp_path / "a", tiny_lm)

@@ -142,6 +142,27 @@ def write_flips_run(
 
 
 _RESUME_IGNORED = ("created", "device", "source")
+PROMPTS_FILE = "prompts.json"
+"""The run's prompts, in order, saved when it starts."""
+_CONFIG_OWN = ("command", "model_id", "sae", "device", "seed", "max_new_tokens", "batch_size", "clamps", "judge", "created")
+"""``config.json`` keys :func:`write_flips_run` fills itself; the rest came from its ``settings``."""
+
+
+def resume_flips_run(run_dir: Path, lm: LoadedModel, cancel: threading.Event | None = None,
+                     on_record: Callable[[dict], None] | None = None) -> dict:
+    """Continue an interrupted flips run from its own files (``config.json``, ``prompts.json``): no settings needed."""
+    from engine.store.context import open_run
+
+    run_dir = Path(run_dir)
+    if not (run_dir / PROMPTS_FILE).is_file():
+        raise LabError(f"{run_dir} does not hold its prompts ({PROMPTS_FILE}; runs made before it was saved): resume it "
+                       "with `python -m engine flips --resume` and the same prompts and settings")
+    prompts = read_json(run_dir / PROMPTS_FILE)
+    ctx = open_run(run_dir, lm=lm)
+    config = ctx.config
+    gen = GenerationConfig(max_new_tokens=config["max_new_tokens"], batch_size=config["batch_size"], seed=config["seed"])
+    settings = {k: v for k, v in config.items() if k not in _CONFIG_OWN}
+    return write_flips_run(lm, ctx.specs, prompts, gen, ctx.judge, run_dir, settings, cancel, on_record, resume=True)
 
 
 def _start_or_resume(run_dir: Path, config: dict, prompts: Sequence[str], batch_size: int, resume: bool) -> list[dict]:
@@ -152,6 +173,7 @@ def _start_or_resume(run_dir: Path, config: dict, prompts: Sequence[str], batch_
     if not resume:
         if exists:
             raise LabError(f"{run_dir} already holds a flips run; resume it, or write to a new folder")
+        write_json(run_dir / PROMPTS_FILE, list(prompts))  # so the run can be resumed (and re-read) without its source
         write_json(run_dir / "config.json", config)
         return []
     if not (run_dir / "config.json").is_file():

@@ -324,3 +324,34 @@ def test_a_reload_keeps_the_sidebar_choices_and_the_run(lab_env, tmp_path):
     assert any("not an sae_lens SAE folder" in e.value for e in reload.error)
     assert reload.session_state["run"] == "run-a"
     assert [k for k in (b.key for b in reload.button) if k == "lab_genuine"]
+
+
+def test_an_interrupted_flips_run_offers_resume(lab_env):
+    """A flips run stopped half-way (a cancel, or a server that stopped) shows Resume; it finishes the run."""
+    import threading
+
+    from engine.lm.loading import load_model
+    from engine.lm.sae_sources import load_sae
+    from engine.method.clamp import ClampSpec
+    from engine.method.flips import write_flips_run
+    from engine.method.generation import GenerationConfig
+    from engine.method.judge import JudgeConfig
+    from engine.method.prompts import load_prompts
+
+    lm = load_model("tiny", "cpu")
+    stop = threading.Event()
+    run = catalogue.run_path("half")
+    run.mkdir()
+    write_flips_run(lm, [ClampSpec(load_sae("tiny", lm), [0, 1], "set", [5.0])], load_prompts("builtin:harmless", 4),
+                    GenerationConfig(max_new_tokens=4, batch_size=2), JudgeConfig(), run,
+                    {"model": "tiny", "prompts": "builtin:harmless", "limit": 4}, stop, lambda row: stop.set())
+    at = new_app()
+    at.session_state["run"] = "half"
+    goto(at, "flips")
+    assert any("stopped after 2 of its 4 prompts" in i.value for i in at.info)
+    at.button(key="resume_flips").click().run()
+    job = wait_job("flips")
+    assert job.status == "done", job.error
+    at.run()
+    assert not problems(at)
+    assert len(catalogue.read_records("half", "flips.jsonl")) == 4 and not [b for b in at.button if b.key == "resume_flips"]
