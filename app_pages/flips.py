@@ -5,7 +5,7 @@ import streamlit as st
 from engine.errors import LabError
 from engine.method.flips import resume_flips_run, write_flips_run
 from engine.services import jobs
-from engine.store import catalogue, labels
+from engine.store import catalogue, label_csv
 from ui import clamp_set, labelling, render, state, views
 
 st.title("Flips: does the clamp make the model refuse?")
@@ -106,7 +106,7 @@ if not ticking:
             labelling.labelling_section(name, records)
             st.download_button(
                 "Export audit CSV (judge columns + manual_audit_label, labeller)",
-                data=lambda: labels.export_csv(catalogue.run_path(name), catalogue.read_records(name, "flips.jsonl")),
+                data=lambda: label_csv.export_csv(catalogue.run_path(name), catalogue.read_records(name, "flips.jsonl")),
                 file_name=f"{name}-labels.csv", mime="text/csv", key="export_labels",
             )
         with tab_all:

@@ -16,7 +16,7 @@ import pytest
 
 from engine.cli.main import main
 from engine.errors import LabError
-from engine.store import labels
+from engine.store import label_csv, labels
 
 
 @pytest.fixture(autouse=True)
@@ -241,8 +241,8 @@ def test_audit_export_keeps_the_judge_columns_and_adds_the_labeller(run):
     labels.set_label(run, 1, "genuine", "ok", labeller="ann")
     labels.set_label(run, 1, "not", "answers", labeller="bob")
     flips = [json.loads(line) for line in (run / "flips.jsonl").read_text().splitlines()]
-    rows = list(csv.DictReader(io.StringIO(labels.export_csv(run, flips))))
-    assert list(rows[0]) == labels.EXPORT_COLUMNS and labels.EXPORT_COLUMNS[-1] == "labeller"
+    rows = list(csv.DictReader(io.StringIO(label_csv.export_csv(run, flips))))
+    assert list(rows[0]) == label_csv.EXPORT_COLUMNS and label_csv.EXPORT_COLUMNS[-1] == "labeller"
     assert [(r["id"], r["manual_audit_label"], r["labeller"]) for r in rows] == [
         ("0", "", ""), ("1", "genuine", "ann"), ("1", "not", "bob"), ("2", "", ""), ("3", "", "")]
     assert rows[2]["manual_audit_note"] == "answers"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.errors import LabError
-from engine.store import agreement, labels
+from engine.store import agreement, label_csv, labels
 from engine.store.catalogue import run_path
 from ui.views import flip_card
 
@@ -162,7 +162,7 @@ def _disagreement_table(gaps: list[agreement.Disagreement], records: list[dict])
 def csv_tools(name: str, run) -> None:
     """Export the current labels (``flip_id,label,labeller,note``) and import such a CSV (every row checked first)."""
     st.subheader("Labels as CSV")
-    st.download_button("Export labels (flip_id,label,labeller,note)", data=lambda: labels.label_csv(run),
+    st.download_button("Export labels (flip_id,label,labeller,note)", data=lambda: label_csv.label_csv(run),
                        file_name=f"{name}-labels-by-labeller.csv", mime="text/csv", key="export_label_csv")
     up = st.file_uploader("Import labels CSV (columns flip_id,label,labeller,note)", type=["csv"], key="labels_upload")
     if st.button("Import", key="labels_import_go", disabled=up is None):
@@ -173,7 +173,7 @@ def csv_tools(name: str, run) -> None:
                 text = up.getvalue().decode("utf-8")
             except UnicodeDecodeError:
                 raise LabError(f"{up.name} is not UTF-8 text") from None
-            n = labels.import_label_csv(run, text, source=up.name)
+            n = label_csv.import_label_csv(run, text, source=up.name)
         except LabError as exc:
             st.session_state["labels_import_msg"] = ("error", f"Nothing imported: {exc}")
         else:

@@ -32,7 +32,7 @@ def _run(args) -> Path:
 
 
 def cmd_import(args) -> dict:
-    from engine.store import labels
+    from engine.store import label_csv, labels
 
     run = _run(args)
     path = Path(args.file)
@@ -44,15 +44,15 @@ def cmd_import(args) -> dict:
         raise LabError(f"{path} is not UTF-8 text") from None
     except OSError as exc:
         raise LabError(f"cannot read {path}: {exc.strerror or exc}") from None
-    n = labels.import_label_csv(run, text, source=str(path))
+    n = label_csv.import_label_csv(run, text, source=str(path))
     return {"run": str(run), "imported": n, "labels_file": str(run / labels.LOG_NAME), "counts": labels.label_counts(run)}
 
 
 def cmd_export(args) -> dict:
-    from engine.store import labels
+    from engine.store import label_csv
 
     run = _run(args)
-    n = labels.write_label_csv(run, Path(args.file))
+    n = label_csv.write_label_csv(run, Path(args.file))
     return {"run": str(run), "exported": n, "file": str(args.file)}
 
 

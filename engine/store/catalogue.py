@@ -215,7 +215,7 @@ def export_zip(name: str) -> bytes:
     """A zip of the run: every JSON/JSONL file, each JSONL also as CSV and parquet, δ files, hand labels CSV."""
     import pandas as pd
 
-    from engine.store import labels
+    from engine.store import label_csv
 
     info = get_run(name)
     buf = io.BytesIO()
@@ -238,5 +238,5 @@ def export_zip(name: str) -> bytes:
                     frame.to_parquet(pq, index=False)
                     zf.writestr(rel[: -len(".jsonl")] + ".parquet", pq.getvalue())
         if info.has_flips:
-            zf.writestr(f"{name}/labels.csv", labels.export_csv(name, read_jsonl(info.path / "flips.jsonl")))
+            zf.writestr(f"{name}/labels.csv", label_csv.export_csv(name, read_jsonl(info.path / "flips.jsonl")))
     return buf.getvalue()

@@ -13,7 +13,7 @@ import torch
 
 from engine.errors import LabError
 from engine.services import jobs
-from engine.store import catalogue, labels
+from engine.store import catalogue, label_csv, labels
 from tests.app.apphelpers import add_attribution_records, make_flips_run
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -106,8 +106,8 @@ def test_bad_label_is_refused(lab_env):
 def test_label_export_has_judge_columns_and_filled_manual_audit_label(lab_env):
     make_flips_run(lab_env, "run-x", n=3)
     labels.set_label("run-x", 1, "genuine", "ok")
-    rows = list(csv.DictReader(io.StringIO(labels.export_csv("run-x", catalogue.read_records("run-x", "flips.jsonl")))))
-    assert list(rows[0]) == labels.EXPORT_COLUMNS
+    rows = list(csv.DictReader(io.StringIO(label_csv.export_csv("run-x", catalogue.read_records("run-x", "flips.jsonl")))))
+    assert list(rows[0]) == label_csv.EXPORT_COLUMNS
     assert [r["manual_audit_label"] for r in rows] == ["", "genuine", ""]
     assert rows[1]["manual_audit_note"] == "ok"
     assert "refusal_statement" in rows[1]["clamped_reasons"]

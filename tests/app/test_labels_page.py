@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from engine.store import labels
+from engine.store import label_csv, labels
 from tests.app.apphelpers import ENTRY, goto, make_flips_run, new_app, problems
 
 
@@ -138,7 +138,7 @@ def test_csv_import_checks_every_row_and_says_how_many(lab_env):
     assert by_labeller(run) == {(0, "carl"): "genuine", (2, "carl"): "not"}
     buttons = {b.proto.id: b.label for b in at.get("download_button")}
     assert any("export_label_csv" in k for k in buttons) and any("export_labels" in k for k in buttons)
-    assert labels.label_csv(run) == "flip_id,label,labeller,note\n0,genuine,carl,ok\n2,not,carl,answers\n"
+    assert label_csv.label_csv(run) == "flip_id,label,labeller,note\n0,genuine,carl,ok\n2,not,carl,answers\n"
 
 
 def test_labels_survive_a_fresh_session_without_a_name(lab_env):
