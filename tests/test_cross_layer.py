@@ -132,6 +132,22 @@ def test_drift_penalty_is_in_the_loss(tiny_lm, two_layer_specs, flips):
     assert _layer_drift(obj, strong, L2) < 0.5 * _layer_drift(obj, none, L2)
 
 
+def test_adaptive_penalty_raises_lambda_until_the_drift_threshold_holds(tiny_lm, two_layer_specs, flips):
+    """A weak fixed λ lets layer 2 drift past the threshold step after step; the adaptive schedule starts from the
+    same λ and grows it per prompt while the drift is over, so far fewer steps end over the threshold."""
+    cfg = dataclasses.replace(BASE, projection="jacobian", n_probes=1, drift_penalty=1.0, drift_threshold=0.05, steps=30,
+                              constraint_positions="answer")
+    obj, fixed = _solve(tiny_lm, two_layer_specs, flips, cfg)
+    _, adaptive = _solve(tiny_lm, two_layer_specs, flips, dataclasses.replace(cfg, penalty_schedule="adaptive"))
+    def steps_over(res) -> int:
+        return sum(v > 0.05 for h in res.drift_per_layer_history for v in h[L2])
+
+    assert steps_over(fixed) >= 10  # the weak λ does not hold the threshold by itself
+    assert steps_over(adaptive) < 0.5 * steps_over(fixed)
+    with pytest.raises(LabError, match="penalty growth factor must be greater than 1"):
+        dataclasses.replace(cfg, penalty_growth=1.0).check()
+
+
 def test_per_layer_drift_combines_to_the_pooled_drift(tiny_lm, two_layer_specs, flips):
     obj, res = _solve(tiny_lm, two_layer_specs, flips, BASE)
     with torch.no_grad():

@@ -55,6 +55,12 @@ class RecoveryConfig:
     drift_penalty: float | None = None
     """λ of the drift penalty λ·‖Δz‖²/‖z_def‖² over the clamps above δ, added to the loss with its gradient
     unprojected. None: 200 (the paper's λ_act) with ``jacobian``, 0 otherwise."""
+    penalty_schedule: Literal["fixed", "adaptive"] = "fixed"
+    """``jacobian``: ``fixed`` λ (the paper's), or ``adaptive``: each prompt's λ is multiplied by penalty_growth after
+    a step whose held drift exceeds the drift threshold and divided by it (never below the drift penalty) after one
+    within it — a per-prompt multiplier that finds the λ the threshold needs (a stronger variant than the paper's)."""
+    penalty_growth: float = 2.0
+    """``jacobian`` + ``adaptive``: the factor (> 1) by which a prompt's λ grows or shrinks per step."""
     constraint_positions: Literal["all", "answer"] = "all"
     """Positions whose drift the constraint holds (the penalty, the Jacobian basis, the corrections and keep-best's
     threshold): ``all`` non-sink positions, prompt and answer (stricter), or ``answer`` positions only (the paper's
@@ -113,10 +119,14 @@ class RecoveryConfig:
             raise FieldError("budget_kind", f"unknown budget kind {self.budget_kind!r}; choose per_position or matrix")
         if self.jacobian_basis not in typing.get_args(JacobianBasis):
             raise FieldError("jacobian_basis", f"unknown Jacobian basis {self.jacobian_basis!r}; choose probes, adaptive or exact")
+        if self.penalty_schedule not in ("fixed", "adaptive"):
+            raise FieldError("penalty_schedule", f"unknown penalty schedule {self.penalty_schedule!r}; choose fixed or adaptive")
         if self.constraint_positions not in ("all", "answer"):
             raise FieldError("constraint_positions", f"unknown constraint positions {self.constraint_positions!r}; choose all or answer")
         for name in FIELD_RULES:
             setattr(self, name, check_field(name, getattr(self, name)))  # 3.0 steps → 3, a budget of 40 → 40.0
+        if self.penalty_growth <= 1:
+            raise FieldError("penalty_growth", f"the penalty growth factor must be greater than 1, got {self.penalty_growth}")
         if self.boundary_steps > self.steps:
             raise FieldError("boundary_steps", f"boundary steps must be between 0 and steps ({self.steps}), got {self.boundary_steps}")
 
@@ -150,7 +160,7 @@ FIELD_LABELS: dict[str, str] = {
     "answer_weight": "answer weight", "answer_tokens": "answer tokens", "drift_threshold": "drift threshold",
     "delta_layer": "δ layer", "drift_penalty": "drift penalty λ", "n_probes": "probes", "max_probes": "most probes",
     "probe_tol": "probe tolerance", "probe_every": "probe interval (steps between re-estimates)",
-    "correction_steps": "correction steps", "correction_lr": "correction learning rate",
+    "correction_steps": "correction steps", "correction_lr": "correction learning rate", "penalty_growth": "penalty growth factor",
     "suffix_tokens": "soft-suffix tokens", "batch_size": "batch size", "max_new_tokens": "recovered answer length",
     "seed": "seed",
 }
@@ -160,6 +170,7 @@ FIELD_RULES: dict[str, tuple] = {
     # name: (kind, rule, may be None); a layer's range needs the model and the clamps: driver.resolve_delta_layer
     "budget": (float, "positive", False), "lr": (float, "positive", False), "correction_lr": (float, "positive", False),
     "answer_weight": (float, "non-negative", False), "drift_penalty": (float, "non-negative", True),
+    "penalty_growth": (float, "positive", False),
     "drift_threshold": (float, "threshold", True), "probe_tol": (float, "fraction", False),
     "steps": (int, "count", False), "answer_tokens": (int, "count", False), "batch_size": (int, "count", False),
     "max_new_tokens": (int, "count", False), "n_probes": (int, "count", False), "max_probes": (int, "count", False),

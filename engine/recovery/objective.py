@@ -127,7 +127,11 @@ class DeltaObjective:
         return dz / ((self.z_def[..., cols] * mask).flatten(1).pow(2).sum(1) + metrics.EPS)
 
     def constrained_drift(self, z: Float[Tensor, "batch pos n_defended"]) -> Float[Tensor, " batch"]:
-        """Drift of every defended feature at the constrained positions (what keep-best's threshold reads)."""
+        """The drift the constraint holds, at the constrained positions (what keep-best's threshold and the adaptive
+        penalty read): with clamps above δ, theirs alone (the clamps at δ's layer are held exactly, and pooling them
+        in would dilute it); otherwise every defended feature's."""
+        if self.has_later:
+            return self.relative_drift_sq(z).sqrt()
         mask = self.constrained[..., None]
         return metrics.drift(z * mask, self.z_def * mask)
 

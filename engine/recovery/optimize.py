@@ -95,6 +95,9 @@ def optimize_delta(
     encoder = check_projection(objective, cfg)
     jacobian = cfg.projection == "jacobian" and objective.has_later
     penalty = cfg.effective_drift_penalty if objective.has_later else 0.0
+    # λ per prompt: fixed, or adapted to each prompt's held drift against the threshold (cfg.penalty_schedule)
+    lam = torch.full((n,), penalty, device=p.h_def.device)
+    adaptive = cfg.penalty_schedule == "adaptive" and penalty > 0 and math.isfinite(cfg.effective_drift_threshold)
     corrector = DriftCorrector(objective, params, cfg, encoder, budget) if jacobian and cfg.correction_steps > 0 else None
 
     best_loss = torch.full((n,), math.inf)
@@ -116,7 +119,7 @@ def optimize_delta(
             basis, probes_used = jacobian_basis(objective, rows, gen, cfg, probe_gen)
         ev = objective.evaluate(rows, gen)
         recovery = objective.losses(ev, stage, cfg.answer_weight)
-        pen = penalty * objective.relative_drift_sq(ev.z) if penalty > 0 else None
+        pen = lam * objective.relative_drift_sq(ev.z) if penalty > 0 else None
         with torch.no_grad():
             z = ev.z.detach()
             dr = metrics.drift(z, objective.z_def)
@@ -149,6 +152,9 @@ def optimize_delta(
                     best_gen[b] = gen[b].detach()  # type: ignore[index]
         if step == cfg.steps:
             break
+        if adaptive:
+            over = kept_dr > cfg.effective_drift_threshold
+            lam = torch.where(over, lam * cfg.penalty_growth, (lam / cfg.penalty_growth).clamp_min(penalty)).clamp_max(penalty * 1e6)
         opt.zero_grad(set_to_none=True)
         grads = torch.autograd.grad(recovery.sum(), params, retain_graph=pen is not None, allow_unused=True)
         grads = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, params)]
