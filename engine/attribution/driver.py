@@ -200,6 +200,6 @@ def run_attribution(run_dir: str | Path, top_k: int = 10, lm: LoadedModel | None
             logger.info("attributed flip %d", rec["id"])
     summary = summarize_attribution(done)
     summary.update(top_k=top_k, sae=sae.source if sae is not None else None, recovery=record.name,
-                   n_total=len(records), cancelled=len(done) < len(records))
+                   valid=record.config.get("valid", "judge"), n_total=len(records), cancelled=len(done) < len(records))
     write_json(out / "attribution_summary.json", summary)
     return {**summary, "dir": str(out)}
