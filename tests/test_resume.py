@@ -261,3 +261,52 @@ def test_a_flips_run_resumes_from_its_own_files(tmp_path, tiny_lm):
     (tmp_path / "a" / "prompts.json").unlink()
     with pytest.raises(LabError, match="does not hold its prompts"):
         resume_flips_run(tmp_path / "a", tiny_lm)
+
+
+def test_a_cancelled_sweep_resumes_to_the_uninterrupted_result(tmp_path, run, tiny_lm):
+    import threading
+
+    from engine.recovery.config import RecoveryConfig
+    from engine.recovery.sweep import run_sweep
+
+    work = tmp_path / "run"
+    shutil.copytree(run, work, ignore=shutil.ignore_patterns("recoveries"))
+    cfg = RecoveryConfig(steps=3, max_new_tokens=4, answer_tokens=8, batch_size=1)
+    stop, seen = threading.Event(), []
+
+    def on_event(ev) -> None:  # budget 0 has no steps; stop in budget 2, on its second prompt (4 events a prompt)
+        seen.append(ev)
+        if len(seen) == 6:
+            stop.set()
+
+    part = run_sweep(work, [0, 2, 5], cfg, lm=tiny_lm, on_event=on_event, cancel=stop, name="s")
+    assert [p["budget"] for p in part["points"]] == [0.0]
+    resumed = run_sweep(work, [0, 2, 5], cfg, lm=tiny_lm, name="s", resume=True)
+    whole = run_sweep(work, [0, 2, 5], cfg, lm=tiny_lm, name="w")
+    assert resumed["points"] == whole["points"] and get_record(work, "s", "sweep").complete
+    for b in ("budget_0", "budget_2", "budget_5"):
+        assert _records(work / "recoveries" / "s" / b) == _records(work / "recoveries" / "w" / b)
+    with pytest.raises(LabError, match="budgets"):
+        run_sweep(work, [0, 2], cfg, lm=tiny_lm, name="s", resume=True)
+
+
+def test_a_cancelled_attribution_resumes_and_is_never_run_twice(tmp_path, tiny_lm, capsys):
+    import threading
+
+    from engine.attribution.driver import run_attribution
+
+    work = tmp_path / "six"
+    assert main([*FLIPS, "--limit", "6", "--max-new-tokens", "8", "--out", str(work)]) == 0
+    _all_valid(work)
+    assert main(["recover", "--run", str(work), "--name", "r", *RECOVER]) == 0
+    stop = threading.Event()
+    part = run_attribution(work, 3, lm=tiny_lm, cancel=stop, on_record=lambda rec: stop.set(), recovery="r")
+    assert part["cancelled"] and part["n"] == 4  # the first batch of 4 finished, then the cancel was seen
+    with pytest.raises(LabError, match="already has an attribution"):
+        run_attribution(work, 3, lm=tiny_lm, recovery="r")
+    with pytest.raises(LabError, match="top_k: 3 there, 4 now"):
+        run_attribution(work, 4, lm=tiny_lm, recovery="r", resume=True)
+    done = run_attribution(work, 3, lm=tiny_lm, recovery="r", resume=True)
+    assert not done["cancelled"] and done["n"] == 6
+    ids = [r["id"] for r in read_jsonl(work / "recoveries" / "r" / "attribution.jsonl")]
+    assert ids == [0, 1, 2, 3, 4, 5]  # nothing twice, nothing lost
