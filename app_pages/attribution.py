@@ -23,7 +23,7 @@ name = info.name
 record = records.pick(info, "recovery", "attr_record")  # each recovery of the run has its own attribution
 assert record is not None  # require_run asked for a run with a recovery
 
-job = state.attach_job("attribution_job", "attribution", run=name)
+job = state.attach_job("attribution_job", "attribution", run=name, recovery=record.name)
 ticking = job is not None and job.running
 if not state.presenter() and (not record.has_attribution or record.attribution_summary is None or
                               record.attribution_summary.get("cancelled")):
@@ -66,6 +66,10 @@ if record.has_attribution and not ticking:
         st.stop()
     agg = av.aggregate_rows(rows)
     st.subheader(f"All {len(rows)} attributed examples of `{record.name}`")
+    used = record.attribution_summary or {}
+    st.caption(f"top-k part: k = {used.get('top_k', '?')} most changed non-clamped features per example · decomposed "
+               f"through {used.get('sae') or 'the clamped SAE at δ layer'} · valid set: {record.config.get('valid', 'judge')} "
+               "· one attribution per recovery (start another recovery to attribute with another k)")
     left, right = st.columns([3, 2])
     agg_chart, heat_chart = charts.attribution_aggregate_chart(agg), charts.attribution_heatmap(av.heatmap_rows(rows))
     left.altair_chart(agg_chart, width="stretch", height=charts.chart_height(agg_chart))

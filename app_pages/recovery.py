@@ -56,8 +56,9 @@ def start_recovery(cfg: RecoveryConfig, limit: int | None, valid: str, rec_name:
         return run_recovery(run_dir, cfg, lm=lm, on_event=on_event, cancel=j.cancel, limit=limit, name=rec_name,
                             resume=resume, valid=valid)
 
-    job = jobs.start_job("recovery", work, meta={"run": name, "delta_layer": cfg.delta_layer})
+    job = jobs.start_job("recovery", work, meta={"run": name, "delta_layer": cfg.delta_layer, "record": rec_name})
     state.remember_job("recovery_job", job)
+    st.session_state.pop("rec_name", None)  # the name is taken now; the next recovery gets a fresh box
     st.rerun()
 
 
@@ -68,7 +69,7 @@ elif specs is not None:
     with st.expander(f"Recover the valid flips of `{name}` (a new recovery; earlier ones are kept)",
                      expanded=active is None and not info.has_recovery):
         valid, n_valid = records.valid_choice(info, "rec_valid")
-        rec_name, name_error = records.record_name("rec_name")
+        rec_name, name_error = records.record_name(info, "rec_name")
         if n_valid == 0:
             st.warning(f"The valid set '{valid}' is empty for this run: pick another, or label flips on the Flips page.")
         else:

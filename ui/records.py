@@ -47,17 +47,22 @@ def valid_choice(info, key: str) -> tuple[str, int]:
     return choice, counts[choice]
 
 
-def record_name(key: str) -> tuple[str | None, str | None]:
-    """An optional name for a new record; returns (name or None, error message or None)."""
+def record_name(info, key: str) -> tuple[str | None, str | None]:
+    """An optional name for a new record, refused when malformed or taken; returns (name or None, error or None)."""
     text = st.text_input("Name (optional)", key=key, placeholder="generated from projection, budget and time",
                          help="The recovery is kept under this name in the run; an earlier one is never touched.").strip()
     if not text:
         return None, None
     try:
-        return check_name(text), None
+        check_name(text)
     except LabError as exc:
         st.error(str(exc))
         return None, str(exc)
+    if any(r.name == text for r in info.records):
+        msg = f"This run already has a recovery named `{text}`; choose another name (or leave it empty)."
+        st.error(msg)
+        return None, msg
+    return text, None
 
 
 def pick(info, kind: str, key: str) -> RecoveryRecord | None:

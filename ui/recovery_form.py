@@ -105,9 +105,10 @@ def settings_form(n_valid: int, specs, n_layers: int, run: str):
     lr = form.number(c2, "Learning rate", "rec_lr", d.lr, kind=float, check=_rule("lr"))
     where = c3.selectbox("δ acts on", ["prompt+gen", "prompt"], index=["prompt+gen", "prompt"].index(d.where), key="rec_where", **_PERSIST,
                          help="prompt: one row per prompt position; prompt+gen: plus one shared row at every answer position")
-    limit = form.number(c4, "Valid flips to recover", "rec_limit", max(1, n_valid), persist=False,
+    # keyed by the count, so choosing another valid set starts the box at that set's size
+    limit = form.number(c4, "Valid flips to recover", f"rec_limit:{n_valid}", max(1, n_valid), persist=False,
                         check=validate.between(1, max(1, n_valid), "Valid flips to recover",
-                                               f"this run has {n_valid} valid flip{'s' if n_valid != 1 else ''}"))
+                                               f"the chosen valid set has {n_valid} flip{'s' if n_valid != 1 else ''}"))
     c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
     delta_layer = form.number(c1, f"δ layer (0–{lowest})", f"rec_delta_layer:{run}", lowest, persist=False, says="δ layer",
                               check=_rule("delta_layer"),

@@ -47,6 +47,9 @@ def _ci_text(summary: dict, key: str) -> str:
 
 def summary_metrics(summary: dict) -> None:
     """Rates with their Wilson intervals on one row, the geometry of δ on the next."""
+    if not summary.get("n_valid"):
+        st.info("No prompt of this recovery finished yet, so there is nothing to report: resume it to continue.")
+        return
     cols = st.columns(3)
     for col, (title, key, ci) in zip(cols, (("Non-refusal recovery", "non_refusal_recovery", "non_refusal"),
                                             ("Base-like", "base_like_recovery", "base_like"),
@@ -54,13 +57,18 @@ def summary_metrics(summary: dict) -> None:
         col.metric(title, f"{summary.get(key, 0):.0%}")
         col.caption(_ci_text(summary, ci))
     cols = st.columns(3)
-    cols[0].metric("Mean drift of clamped features", f"{summary.get('mean_drift', 0):.4f}",
+    cols[0].metric("Mean drift of clamped features", _small(summary.get("mean_drift", 0)),
                    help="All clamped features of every layer together, over every position (prompt and answer).")
-    cols[1].metric("Floor violation", f"{summary.get('mean_floor_violation', 0):.4f}", help="All clamped features together.")
+    cols[1].metric("Floor violation", _small(summary.get("mean_floor_violation", 0)), help="All clamped features together.")
     cols[2].metric("Relative ‖δ‖", f"{summary.get('mean_delta_rel_norm', 0):.3f}")
     layer_summary(summary)
     if summary.get("cancelled"):
         st.warning("This recovery was cancelled; the numbers cover the flips it finished.")
+
+
+def _small(x: float) -> str:
+    """4 decimals, or scientific notation for a tiny non-zero value (an encoder run's 1.8e-7 is not 0.0000)."""
+    return f"{x:.2e}" if x and abs(x) < 1e-3 else f"{x:.4f}"
 
 
 def _layer(hook: str) -> int | None:

@@ -38,9 +38,9 @@ def floor_violation(z_rec: Float[Tensor, "batch rows n"], z_def: Float[Tensor, "
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (0, 0 when n = 0)."""
+    """Wilson score interval for k successes in n trials ((0, 1) when n = 0: no data rules nothing out)."""
     if n == 0:
-        return (0.0, 0.0)
+        return (0.0, 1.0)
     p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom

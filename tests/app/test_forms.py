@@ -39,7 +39,7 @@ RECOVERY_FIELDS = [
     ("rec_budget", ["0", "-1", "nan", "abc", HUGE, "inf", ""], "Budget B", "40"),
     ("rec_steps", ["0", "-3", "nan", "abc", HUGE, "2.5"], "Steps", "60"),
     ("rec_lr", ["0", "-0.1", "nan", "abc", HUGE], "Learning rate", "0.1"),
-    ("rec_limit", ["0", "-1", "nan", "abc", HUGE, "99999"], "Valid flips to recover", "3"),
+    ("rec_limit:3", ["0", "-1", "nan", "abc", HUGE, "99999"], "Valid flips to recover", "3"),  # keyed by the set size
     ("rec_delta_layer:tiny-run", ["-1", "nan", "abc", HUGE, "99", "2"], "δ layer", "1"),
     ("rec_boundary", ["-1", "nan", "abc", HUGE, "61"], "Boundary steps", "0"),
     ("rec_answer_tokens", ["0", "-1", "nan", "abc", HUGE, "99999"], "Answer tokens", "48"),
@@ -207,3 +207,24 @@ def test_parse_number_refuses_with_the_label(text, kind):
 
     with pytest.raises(LabError, match="^Steps "):
         parse_number(text, kind, "Steps")
+
+
+def test_a_taken_recovery_name_is_refused_before_a_job(lab_env):
+    from engine.lm.loading import load_model
+    from engine.recovery.config import RecoveryConfig
+    from engine.recovery.driver import run_recovery
+
+    run = make_flips_run(lab_env, "tiny-run", n=2)
+    run_recovery(run, RecoveryConfig(steps=2, max_new_tokens=4, answer_tokens=8), lm=load_model("tiny", "cpu"), name="first")
+    before = _job_ids()
+    at = new_app()
+    at.session_state["run"] = "tiny-run"
+    goto(at, "recovery")
+    at.text_input(key="rec_name").input("first").run()
+    assert any("already has a recovery named `first`" in e.value for e in at.error)
+    assert at.button(key="start_recovery").disabled
+    at.text_input(key="rec_name").input("../x").run()
+    assert any("not a usable recovery name" in e.value for e in at.error) and at.button(key="start_recovery").disabled
+    at.text_input(key="rec_name").input("second").run()
+    assert not problems(at) and not at.button(key="start_recovery").disabled
+    assert _job_ids() == before
