@@ -27,6 +27,7 @@ from engine.method.judge import JudgeConfig, base_likeness, judge
 from engine.recovery.objective import DeltaObjective
 from engine.recovery.problem import build_problem, delta_hook
 from engine.recovery.replay import Perturbation, batch_from_perturbations, replay_hooks
+from engine.scale.config import LOCAL, ExecutorConfig
 from engine.store.context import open_run
 from engine.store.files import JsonlWriter, existing_run, read_json, read_jsonl, resume_records, write_json
 from engine.store.records import check_resume, get_record
@@ -158,9 +159,16 @@ def attribute_records(
             yield rec
 
 
+def attribute_shard(worker, record_dir: str, records: list[dict], top_k: int) -> list[dict]:
+    """One Ray shard (``engine.scale.worker``): the attribution records of ``records``."""
+    ctx = worker.ctx
+    return list(attribute_records(ctx.lm, ctx.specs, Path(record_dir), records, top_k, ctx.judge, sae=worker.sae))
+
+
 def run_attribution(run_dir: str | Path, top_k: int = 10, lm: LoadedModel | None = None, limit: int | None = None,
                     cancel: threading.Event | None = None, on_record: Callable[[dict], None] | None = None,
-                    sae_spec: str | None = None, recovery: str | None = None, resume: bool = False) -> dict:
+                    sae_spec: str | None = None, recovery: str | None = None, resume: bool = False,
+                    exe: ExecutorConfig = LOCAL, progress=None) -> dict:
     """Attribute every recovered prompt of one recovery record and write its two attribution files.
 
     ``recovery``: the record's name (default: the newest recovery of the run; the result names it). ``sae_spec``: an
@@ -192,11 +200,20 @@ def run_attribution(run_dir: str | Path, top_k: int = 10, lm: LoadedModel | None
     attribution_sae(ctx.specs, int(record.config.get("delta_layer", -1)), sae, top_k)  # bad input fails before any file
     write_json(saved, settings)
     done = resume_records(out / "attribution.jsonl", settings["flip_ids"], ATTRIBUTION_BATCH)
+    from engine.scale.streams import counted, sharded
+
+    todo = records[len(done):]
+    if exe.is_ray:
+        stream = sharded(run, exe, attribute_shard, todo, ATTRIBUTION_BATCH, lambda first, chunk: (str(out), chunk, top_k),
+                         None, cancel, progress, sae_spec)
+    else:
+        stream = attribute_records(ctx.lm, ctx.specs, out, todo, top_k, ctx.judge, cancel=cancel, sae=sae)
     with JsonlWriter(out / "attribution.jsonl", append=True) as fh:
-        for rec in attribute_records(ctx.lm, ctx.specs, out, records[len(done):], top_k, ctx.judge, cancel=cancel,
-                                     on_record=on_record, sae=sae):
+        for rec in counted(stream, progress):
             fh.write(rec)
             done.append(rec)
+            if on_record is not None:
+                on_record(rec)
             logger.info("attributed flip %d", rec["id"])
     summary = summarize_attribution(done)
     summary.update(top_k=top_k, sae=sae.source if sae is not None else None, recovery=record.name,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from engine.cli.args import finite_float, integer, positive_int
+from engine.cli.args import add_dataclass_options, finite_float, integer, positive_int
 from engine.errors import LabError
+from engine.scale.config import ExecutorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +30,12 @@ def add_command(sub) -> None:
     f.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     f.add_argument("--resume", action="store_true", help="continue an interrupted flips run in the same --out (same settings)")
     f.add_argument("--judge", default=None, help="JSON file of judge lists/thresholds (engine.method.judge.JudgeConfig)")
+    add_dataclass_options(f, ExecutorConfig)
     f.set_defaults(handler=cmd_flips)
 
 
 def cmd_flips(args) -> dict:
+    from engine.cli.recovery import _executor
     from engine.lm.loading import load_model
     from engine.lm.sae_sources import load_sae
     from engine.method.clamp_sets import load_clamp_set, read_clamp_file
@@ -41,9 +44,11 @@ def cmd_flips(args) -> dict:
     from engine.method.judge import JudgeConfig
     from engine.method.presets import resolve_clamp
     from engine.method.prompts import load_prompts
+    from engine.scale.streams import Progress
     from engine.store.files import prepare_run_dir, read_json
 
     # Cheap checks first, so bad input fails before the model loads.
+    exe = _executor(args)
     prompts = load_prompts(args.prompts, args.limit)
     run = prepare_run_dir(args.out)
     if (run / "flips.jsonl").exists() and not args.resume:
@@ -67,6 +72,11 @@ def cmd_flips(args) -> dict:
         settings["clamp_file"] = args.clamp
 
     def log(row: dict) -> None:
-        logger.info("prompt %d/%d valid=%s", row["id"] + 1, len(prompts), row["valid"])
+        logger.debug("prompt %d/%d valid=%s", row["id"] + 1, len(prompts), row["valid"])
 
-    return write_flips_run(lm, specs, prompts, gen, judge_cfg, run, settings, on_record=log, resume=args.resume)
+    progress = Progress(len(prompts), "flips")
+    try:
+        return write_flips_run(lm, specs, prompts, gen, judge_cfg, run, settings, on_record=log, resume=args.resume,
+                               exe=exe, progress=progress)
+    finally:
+        progress.close()

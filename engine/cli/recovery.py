@@ -10,6 +10,8 @@ import logging
 
 from engine.cli.args import add_dataclass_options, dataclass_from_args, float_list, integer
 from engine.recovery.config import RecoveryConfig, StepEvent
+from engine.scale.config import ExecutorConfig
+from engine.scale.streams import Progress
 from engine.store.valid_set import VALID_CHOICES, VALID_HELP
 
 logger = logging.getLogger(__name__)
@@ -20,6 +22,7 @@ def _run_options(p) -> None:
     p.add_argument("--limit", type=integer, default=None, help="use only the first N records")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | mps (default: the run's)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted record with the same settings")
+    add_dataclass_options(p, ExecutorConfig)
 
 
 def _record_options(p, kind: str) -> None:
@@ -68,21 +71,33 @@ def _open(args, valid: str | None):
 
 def cmd_recover(args) -> dict:
     from engine.recovery.driver import run_recovery
+    from engine.store.valid_set import valid_flips
 
     cfg = dataclass_from_args(RecoveryConfig, args)
+    exe = _executor(args)
     run, lm = _open(args, args.valid)
-    return run_recovery(run, cfg, lm=lm, limit=args.limit, on_event=_log_event, name=args.name, resume=args.resume,
-                        valid=args.valid)
+    progress = Progress(len(valid_flips(run, args.limit, args.valid)), "recover")
+    try:
+        return run_recovery(run, cfg, lm=lm, limit=args.limit, on_event=_log_event, name=args.name, resume=args.resume,
+                            valid=args.valid, exe=exe, progress=progress)
+    finally:
+        progress.close()
 
 
 def cmd_sweep(args) -> dict:
     from engine.recovery.sweep import check_budgets, run_sweep
+    from engine.store.valid_set import valid_flips
 
     check_budgets(args.budgets)
     cfg = dataclass_from_args(RecoveryConfig, args, budget=1.0)
+    exe = _executor(args)
     run, lm = _open(args, args.valid)
-    return run_sweep(run, args.budgets, cfg, lm=lm, limit=args.limit, on_event=_log_event, name=args.name,
-                     resume=args.resume, valid=args.valid)
+    progress = Progress(len(args.budgets) * len(valid_flips(run, args.limit, args.valid)), "sweep")
+    try:
+        return run_sweep(run, args.budgets, cfg, lm=lm, limit=args.limit, on_event=_log_event, name=args.name,
+                         resume=args.resume, valid=args.valid, exe=exe, progress=progress)
+    finally:
+        progress.close()
 
 
 def cmd_attribute(args) -> dict:
@@ -91,12 +106,30 @@ def cmd_attribute(args) -> dict:
     from engine.store.records import get_record
 
     check_top_k(args.top_k)
+    exe = _executor(args)
     record = get_record(existing_run(args.run, "flips.jsonl"), args.recovery, "recovery")
     run, lm = _open(args, None)
     if args.recovery is None:
         logger.info("attributing the newest recovery of %s: %s", run, record.name)
-    return run_attribution(run, args.top_k, lm=lm, limit=args.limit, sae_spec=args.sae, recovery=record.name,
-                           resume=args.resume)
+    n = int((record.summary or {}).get("n_valid", 0))
+    progress = Progress(min(n, args.limit) if args.limit else n, "attribute")
+    try:
+        return run_attribution(run, args.top_k, lm=lm, limit=args.limit, sae_spec=args.sae, recovery=record.name,
+                               resume=args.resume, exe=exe, progress=progress)
+    finally:
+        progress.close()
+
+
+def _executor(args) -> ExecutorConfig:
+    """The executor options, checked before anything loads (an unreachable Ray address fails here, in seconds)."""
+    exe = dataclass_from_args(ExecutorConfig, args).check()
+    if exe.is_ray:
+        from engine.scale.pool import check_reachable, require_ray
+
+        require_ray()
+        if exe.address and exe.address != "auto":
+            check_reachable(exe.address)
+    return exe
 
 
 def _log_event(ev: StepEvent) -> None:

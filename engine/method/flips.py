@@ -19,6 +19,7 @@ from engine.lm.models import LoadedModel
 from engine.method.clamp import ClampSpec
 from engine.method.generation import GenerationConfig, generate
 from engine.method.judge import JudgeConfig, judge
+from engine.scale.config import LOCAL, ExecutorConfig
 from engine.store.files import JsonlWriter, read_json, resume_records, write_json
 
 
@@ -81,6 +82,15 @@ def run_flips(
             )
 
 
+def flips_shard(worker, prompts: list[str], first_id: int, gen_json: dict) -> list[dict]:
+    """One Ray shard (``engine.scale.worker``): the flip records of ``prompts``, ids counted from ``first_id``."""
+    ctx = worker.ctx
+    rows = [rec.to_json() for rec in run_flips(ctx.lm, ctx.specs, prompts, GenerationConfig(**gen_json), ctx.judge)]
+    for row in rows:
+        row["id"] += first_id  # ids are prompt indices in the whole run
+    return rows
+
+
 def summarize_flips(records: Sequence[FlipRecord | dict], specs: Sequence[ClampSpec]) -> dict:
     """Counts for ``summary.json``."""
     rows = [r.to_json() if isinstance(r, FlipRecord) else r for r in records]
@@ -111,6 +121,8 @@ def write_flips_run(
     cancel: threading.Event | None = None,
     on_record: Callable[[dict], None] | None = None,
     resume: bool = False,
+    exe: ExecutorConfig | None = None,
+    progress=None,
 ) -> dict:
     """Run base vs clamped on ``prompts`` into ``run_dir`` (``config.json``, ``flips.jsonl``, ``summary.json``).
 
@@ -128,9 +140,17 @@ def write_flips_run(
         "n_prompts": len(prompts), **{k: v for k, v in settings.items() if k not in ("model",)},
     }
     records = _start_or_resume(run_dir, config, prompts, gen.batch_size, resume)
+    from engine.scale.streams import counted, sharded
+
+    exe = exe or LOCAL
+    if exe.is_ray:
+        gen_json = asdict(gen)
+        stream = sharded(run_dir, exe, flips_shard, list(range(len(records), len(prompts))), gen.batch_size,
+                         lambda first, ids: ([prompts[i] for i in ids], ids[0], gen_json), None, cancel, progress)
+    else:
+        stream = (rec.to_json() for rec in run_flips(lm, specs, prompts, gen, judge_cfg, cancel, start_at=len(records)))
     with JsonlWriter(run_dir / "flips.jsonl", append=True) as out:
-        for rec in run_flips(lm, specs, prompts, gen, judge_cfg, cancel, start_at=len(records)):
-            row = rec.to_json()
+        for row in counted(stream, progress):
             out.write(row)
             records.append(row)
             if on_record is not None:

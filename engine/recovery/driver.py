@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ from engine.recovery.objective import DeltaObjective
 from engine.recovery.optimize import DeltaResult, optimize_delta
 from engine.recovery.problem import build_problem, check_delta_layer, default_delta_layer
 from engine.recovery.replay import Perturbation, perturbations_from_batch, replay_hooks
+from engine.scale.config import LOCAL, ExecutorConfig
+from engine.scale.streams import Progress, counted, sharded
 from engine.store.context import RunContext, open_run
 from engine.store.files import JsonlWriter, existing_run, resume_records, write_json
 from engine.store.records import check_name, check_resume, create_record, get_record
@@ -109,6 +112,14 @@ def recover_flips(
             yield result, perts[b]
 
 
+def recover_shard(worker, flips: list[dict], cfg_json: dict, zero_delta: bool) -> list[tuple]:
+    """One Ray shard (``engine.scale.worker``): ``(record, δ rows, δ gen)`` per flip, events streamed to the driver."""
+    ctx = worker.ctx
+    results = recover_flips(ctx.lm, ctx.specs, flips, RecoveryConfig.from_json(cfg_json), ctx.judge,
+                            lambda ev: worker.emit(asdict(ev)), None, zero_delta)
+    return [(r.to_json(), p.rows.cpu(), p.gen.cpu() if p.gen is not None else None) for r, p in results]
+
+
 def recovery_settings(cfg: RecoveryConfig, layer: int, flips: Sequence[dict], valid: str, limit: int | None,
                       zero_delta: bool) -> dict:
     """What ``recovery_config.json`` records; a resume must match it (``engine.store.records.check_resume``)."""
@@ -118,12 +129,15 @@ def recovery_settings(cfg: RecoveryConfig, layer: int, flips: Sequence[dict], va
 
 def recover_into(
     out: Path,
+    run: Path,
     ctx: RunContext,
     flips: Sequence[dict],
     cfg: RecoveryConfig,
     settings: dict,
     on_event: Callable[[StepEvent], None] | None = None,
     cancel: threading.Event | None = None,
+    exe: ExecutorConfig = LOCAL,
+    progress: Progress | None = None,
 ) -> dict:
     """Recover ``flips`` into the record folder ``out`` (``settings``: :func:`recovery_settings`), continuing whatever whole batches it already holds.
 
@@ -139,17 +153,24 @@ def recover_into(
     if records:
         logger.info("%s: %d of %d flips already recovered; continuing", out.name, len(records), len(flips))
     todo = list(flips[len(records):])
+    zero = settings["zero_delta"]
+    if exe.is_ray:
+        events = (lambda d: on_event(StepEvent(**d))) if on_event is not None else None
+        stream = sharded(run, exe, recover_shard, todo, cfg.batch_size, lambda first, chunk: (chunk, cfg.to_json(), zero),
+                         events, cancel, progress)
+    else:
+        stream = ((r.to_json(), p.rows, p.gen) for r, p in recover_flips(ctx.lm, ctx.specs, todo, cfg, ctx.judge, on_event, cancel, zero))
     with JsonlWriter(out / "recovery.jsonl", append=True) as fh:
-        for result, pert in recover_flips(ctx.lm, ctx.specs, todo, cfg, ctx.judge, on_event, cancel, settings["zero_delta"]):
-            tensors = {"rows": pert.rows.cpu().contiguous()}
-            if pert.gen is not None:
-                tensors["gen"] = pert.gen.cpu().contiguous()
-            tmp = out / "deltas" / f"{result.id}.safetensors.tmp"
+        for rec, rows, gen in counted(stream, progress):
+            tensors = {"rows": rows.cpu().contiguous()}
+            if gen is not None:
+                tensors["gen"] = gen.cpu().contiguous()
+            tmp = out / "deltas" / f"{rec['id']}.safetensors.tmp"
             save_file(tensors, str(tmp), metadata={"layer": str(layer)})
-            tmp.replace(out / "deltas" / f"{result.id}.safetensors")
-            fh.write(result.to_json())
-            records.append(result.to_json())
-            logger.info("recovered flip %d: non_refusal=%s drift=%.4f", result.id, result.non_refusal, result.drift)
+            tmp.replace(out / "deltas" / f"{rec['id']}.safetensors")
+            fh.write(rec)
+            records.append(rec)
+            logger.info("recovered flip %d: non_refusal=%s drift=%.4f", rec["id"], rec["non_refusal"], rec["drift"])
     summary = metrics.summarize(records, {**cfg.to_json(), "delta_layer": layer})
     summary.update(n_total=len(flips), cancelled=len(records) < len(flips), valid=settings["valid"])
     write_json(out / "recovery_summary.json", summary)
@@ -167,6 +188,8 @@ def run_recovery(
     resume: bool = False,
     valid: str = "judge",
     zero_delta: bool = False,
+    exe: ExecutorConfig = LOCAL,
+    progress: Progress | None = None,
 ) -> dict:
     """Recover the valid flips of ``run_dir`` into a new record ``recoveries/<name>/`` (or resume one).
 
@@ -186,5 +209,5 @@ def run_recovery(
         out = record.path
     else:
         out = create_record(run, name, "recovery", settings)
-    summary = recover_into(out, ctx, flips, cfg, settings, on_event, cancel)
+    summary = recover_into(out, run, ctx, flips, cfg, settings, on_event, cancel, exe, progress)
     return {**summary, "name": out.name, "dir": str(out)}

@@ -16,6 +16,8 @@ from engine.errors import LabError
 from engine.lm.models import LoadedModel
 from engine.recovery.config import RecoveryConfig, StepEvent
 from engine.recovery.driver import recover_into, recovery_settings, resolve_delta_layer
+from engine.scale.config import LOCAL, ExecutorConfig
+from engine.scale.streams import Progress
 from engine.store.context import open_run
 from engine.store.files import existing_run, read_json, write_json
 from engine.store.records import CONFIG_FILE, check_name, check_resume, create_record, get_record
@@ -39,7 +41,7 @@ def check_budgets(budgets: Sequence[float]) -> list[float]:
 def run_sweep(run_dir: str | Path, budgets: Sequence[float], cfg: RecoveryConfig, lm: LoadedModel | None = None,
               limit: int | None = None, on_event: Callable[[StepEvent], None] | None = None,
               cancel: threading.Event | None = None, name: str | None = None, resume: bool = False,
-              valid: str = "judge") -> dict:
+              valid: str = "judge", exe: ExecutorConfig = LOCAL, progress: Progress | None = None) -> dict:
     """Recovery at each budget into one sweep record; returns and writes its ``sweep.json`` (after every budget).
 
     ``resume``: continue the sweep ``name`` (default: the newest): finished budgets are kept, the unfinished one
@@ -76,7 +78,7 @@ def run_sweep(run_dir: str | Path, budgets: Sequence[float], cfg: RecoveryConfig
             check_resume(read_json(saved), point_settings, f"budget {b:g} of sweep {out.name!r}")
         else:
             write_json(saved, point_settings)
-        summary = recover_into(point_dir, ctx, flips, point_cfg, point_settings, on_event, cancel)
+        summary = recover_into(point_dir, run, ctx, flips, point_cfg, point_settings, on_event, cancel, exe, progress)
         if summary["cancelled"]:
             break
         points.append({"budget": b, **{k: summary[k] for k in POINT_KEYS}})

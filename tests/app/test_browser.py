@@ -158,7 +158,10 @@ def test_full_flow_in_a_real_browser(lab_env):
             b.assert_no_exception(page, "recovery")
             b.shot(page, "07-recovery-results")
             steps.append(("recovery", time.time() - t0))
-            assert (data / "runs" / run / "recovery_summary.json").is_file()
+            from engine.store.records import list_records
+
+            [record] = list_records(data / "runs" / run)  # the page's recovery, in a record of its own
+            assert (record.path / "recovery_summary.json").is_file()
 
             # 7 · attribution.
             b.nav(page, "5 · Attribution")
