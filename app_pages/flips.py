@@ -42,20 +42,21 @@ if lm is not None and not state.presenter():
         if st.button("Run base vs clamped", type="primary", disabled=disabled, key="start_flips"):
             with state.shown_errors("cannot start"):
                 specs = clamp_set.specs(lm)
+                exe = state.executor_or_stop()
                 gen = views.generation_config(settings)
                 run_dir = catalogue.new_run_dir("flips")
                 model_name, _ = state.model_choice()
                 extra = {"model": model_name, "prompts": settings["source"], "limit": settings["limit"], "n_prompts": len(prompts),
                          "source": "dashboard"}
 
-                def work(j: jobs.Job, prompts=prompts, specs=specs, gen=gen, judge_cfg=judge_cfg, run_dir=run_dir, extra=extra):
+                def work(j: jobs.Job, prompts=prompts, specs=specs, gen=gen, judge_cfg=judge_cfg, run_dir=run_dir, extra=extra, exe=exe):
                     j.set_progress(0, len(prompts), "generating")
 
                     def on_record(row: dict) -> None:
                         j.log(row)
                         j.set_progress(j.n_events, len(prompts))
 
-                    return write_flips_run(lm, specs, prompts, gen, judge_cfg, run_dir, extra, j.cancel, on_record)
+                    return write_flips_run(lm, specs, prompts, gen, judge_cfg, run_dir, extra, j.cancel, on_record, exe=exe)
 
                 job = jobs.start_job("flips", work, meta={"run": run_dir.name})
                 state.remember_job("flips_job", job)
@@ -87,14 +88,16 @@ if not ticking:
         st.info(f"This run stopped after {len(records)} of its {n_planned} prompts (cancelled, or the server stopped). "
                 "Resuming keeps the finished prompts and runs the rest with the same settings.")
         if st.button(f"Resume `{name}`", key="resume_flips", type="primary") and state.run_model_matches(info, lm):
-            def resume_work(j: jobs.Job, run_dir=info.path, total=n_planned, done=len(records)):
+            exe = state.executor_or_stop()
+
+            def resume_work(j: jobs.Job, run_dir=info.path, total=n_planned, done=len(records), exe=exe):
                 j.set_progress(done, total, "resuming")
 
                 def on_record(row: dict) -> None:
                     j.log(row)
                     j.set_progress(done + j.n_events, total)
 
-                return resume_flips_run(run_dir, lm, j.cancel, on_record)
+                return resume_flips_run(run_dir, lm, j.cancel, on_record, exe=exe)
 
             job = jobs.start_job("flips", resume_work, meta={"run": name})
             state.remember_job("flips_job", job)

@@ -46,6 +46,7 @@ if can_run:
 def start_recovery(cfg: RecoveryConfig, limit: int | None, valid: str, rec_name: str | None, resume: bool, n: int) -> None:
     """A background recovery job (new record, or resuming ``rec_name``); the page polls it."""
     run_dir, total = info.path, n * cfg.steps
+    exe = state.executor_or_stop()
 
     def work(j: jobs.Job):
         def on_event(ev) -> None:
@@ -54,7 +55,7 @@ def start_recovery(cfg: RecoveryConfig, limit: int | None, valid: str, rec_name:
 
         j.set_progress(0, total, "resuming" if resume else "preparing")
         return run_recovery(run_dir, cfg, lm=lm, on_event=on_event, cancel=j.cancel, limit=limit, name=rec_name,
-                            resume=resume, valid=valid)
+                            resume=resume, valid=valid, exe=exe)
 
     job = jobs.start_job("recovery", work, meta={"run": name, "delta_layer": cfg.delta_layer, "record": rec_name})
     state.remember_job("recovery_job", job)
@@ -150,6 +151,7 @@ c2.write("")
 def start_sweep(budgets: list[float], cfg: RecoveryConfig, valid: str, limit: int | None, sweep_name: str | None,
                 resume: bool, n: int) -> None:
     run_dir, total = info.path, len(budgets) * n * cfg.steps
+    exe = state.executor_or_stop()
 
     def sweep_work(j: jobs.Job):
         def on_event(ev) -> None:
@@ -158,7 +160,7 @@ def start_sweep(budgets: list[float], cfg: RecoveryConfig, valid: str, limit: in
 
         j.set_progress(0, total, "resuming" if resume else "sweeping")
         return run_sweep(run_dir, budgets, cfg, lm=lm, on_event=on_event, cancel=j.cancel, limit=limit, name=sweep_name,
-                         resume=resume, valid=valid)
+                         resume=resume, valid=valid, exe=exe)
 
     job = jobs.start_job("sweep", sweep_work, meta={"run": name, "delta_layer": cfg.delta_layer})
     state.remember_job("sweep_job", job)

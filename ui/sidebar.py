@@ -71,10 +71,28 @@ def render_sidebar() -> None:
         st.caption(captions.get(choice, ""))
         if choice == state.LOCAL_CHOICE:
             st.text_input("SAE folder", key=state.LOCAL_SAE_KEY, bind="query-params", placeholder="/path/to/sae (cfg.json + safetensors)")
+    _executor(sb, presenter)
     sb.text_input("Labeller", key=labelling.LABELLER_KEY, bind="query-params", max_chars=labels.MAX_LABELLER,
                   placeholder="your name, for hand labels",
                   help="Every hand label you set on the Flips page is saved under this name (kept in the URL).")
     _status(sb, compact=presenter)
+
+
+def _executor(sb, presenter: bool) -> None:
+    """Where the jobs of the pages run: here, or on a Ray cluster (docs/CLUSTER.md)."""
+    import os
+
+    from engine.scale.config import RAY_ADDRESS_ENV
+
+    with sb.expander("Executor", expanded=False):
+        st.radio("Run jobs", ["local", "ray"], key=state.EXECUTOR_KEY, horizontal=True,
+                 help="local: this server process. ray: shards of whole batches on a Ray cluster (same files as local).")
+        if st.session_state.get(state.EXECUTOR_KEY) == "ray":
+            st.text_input("Ray address", key=state.RAY_ADDRESS_KEY, value=os.environ.get(RAY_ADDRESS_ENV, ""),
+                          placeholder="empty: a local Ray cluster; or HEAD_IP:6379, ray://HOST:10001, auto")
+            c1, c2 = st.columns(2)
+            c1.number_input("Workers", 1, 1024, 2, key=state.RAY_WORKERS_KEY)
+            c2.number_input("GPUs per worker", 0.0, 8.0, 0.0, 0.5, key=state.RAY_GPUS_KEY)
 
 
 def _status(sb, compact: bool = False) -> None:

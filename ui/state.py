@@ -22,6 +22,34 @@ logger = logging.getLogger(__name__)
 MODEL_KEY, DEVICE_KEY, SAE_KEY, LOCAL_SAE_KEY = "model_name", "device", "sae_choice", "local_sae_path"
 LOCAL_CHOICE = "Local folder…"
 RUN_KEY = "run"
+EXECUTOR_KEY, RAY_ADDRESS_KEY, RAY_WORKERS_KEY, RAY_GPUS_KEY = "executor", "ray_address", "ray_workers", "ray_gpus"
+
+
+def executor_or_stop():
+    """:func:`executor`, or its problem shown in the page (worded for it) and the script stopped: no job starts."""
+    try:
+        return executor()
+    except LabError as exc:
+        st.error(f"Jobs cannot be sent to the chosen executor: {exc}. Fix it in the sidebar's Executor, or run locally.")
+        st.stop()
+
+
+def executor():
+    """The sidebar's executor (``engine.scale.config.ExecutorConfig``), checked; a bad one is a LabError whose
+    message the page shows before any job starts (an unreachable Ray address is found here, in seconds)."""
+    from engine.scale.config import ExecutorConfig
+
+    if st.session_state.get(EXECUTOR_KEY, "local") != "ray":
+        return ExecutorConfig()
+    exe = ExecutorConfig("ray", ray_address=(st.session_state.get(RAY_ADDRESS_KEY) or "").strip() or None,
+                         workers=int(st.session_state.get(RAY_WORKERS_KEY, 2)),
+                         gpus_per_worker=float(st.session_state.get(RAY_GPUS_KEY, 0.0))).check()
+    from engine.scale.pool import check_reachable, require_ray
+
+    require_ray()
+    if exe.address and exe.address != "auto":
+        check_reachable(exe.address)
+    return exe
 
 
 def default_model_name() -> str:

@@ -106,7 +106,7 @@ class RayPool:
         from engine.scale.worker import ShardWorker
 
         self._cls = self.ray.remote(num_gpus=exe.gpus_per_worker, num_cpus=exe.cpus_per_worker, max_restarts=0)(ShardWorker)
-        self._args = (str(Path(run_dir).resolve()), device, torch.get_num_threads(), sae_spec)
+        self._args = (str(Path(run_dir).resolve()), device, exe.threads or torch.get_num_threads(), sae_spec)
         self.queue = Queue()
         self.slots = [self._new_slot() for _ in range(exe.workers)]
         self.retired: list[WorkerStats] = []
