@@ -28,6 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flips", type=int, default=16)
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per Ray worker (0: the driver's count)")
     ap.add_argument("--run", default=None, help="an existing flips run of the default model (default: make one)")
     args = ap.parse_args()
 
@@ -73,19 +74,21 @@ def main() -> None:
     start_1 = time.perf_counter() - t
     for workers in (1, 2):
         t = time.perf_counter()
-        run_recovery(run, cfg, lm=lm, limit=args.flips, name=f"bench-ray{workers}", exe=ExecutorConfig("ray", workers=workers))
+        run_recovery(run, cfg, lm=lm, limit=args.flips, name=f"bench-ray{workers}",
+                     exe=ExecutorConfig("ray", workers=workers, threads=args.threads))
         walls[f"ray_{workers}"] = time.perf_counter() - t
         print(f"ray, {workers} worker(s): {walls[f'ray_{workers}']:.1f} s")
     ray.shutdown()
-    same = read_jsonl(get_record(run, "bench-local").path / "recovery.jsonl") == \
-        read_jsonl(get_record(run, "bench-ray1").path / "recovery.jsonl") == \
-        read_jsonl(get_record(run, "bench-ray2").path / "recovery.jsonl")
+    recs = [read_jsonl(get_record(run, n).path / "recovery.jsonl") for n in ("bench-local", "bench-ray1", "bench-ray2")]
+    same = recs[0] == recs[1] == recs[2]
+    same_texts = all([r["recovered_text"] for r in x] == [r["recovered_text"] for r in recs[0]] for x in recs)
     result = {
         "device": str(lm.device), "torch_threads": torch.get_num_threads(), "flips": args.flips, "steps": args.steps,
         "batch_size": cfg.batch_size, "shards": n_shards, "wall_s": walls,
         "ratio_ray1_over_local": walls["ray_1"] / walls["local"], "ratio_ray2_over_local": walls["ray_2"] / walls["local"],
         "speedup_ray2_over_ray1": walls["ray_1"] / walls["ray_2"], "worker_start_s": start_1,
         "overhead_per_shard_s": (walls["ray_1"] - start_1 - walls["local"]) / n_shards, "records_identical": same,
+        "texts_identical": same_texts, "threads_per_worker": args.threads or torch.get_num_threads(),
         "run": str(run),
     }
     print(f"Ray 1 worker / local = {result['ratio_ray1_over_local']:.2f}×, Ray 2 workers / local = "
