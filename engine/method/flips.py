@@ -169,7 +169,7 @@ _CONFIG_OWN = ("command", "model_id", "sae", "device", "seed", "max_new_tokens",
 
 
 def resume_flips_run(run_dir: Path, lm: LoadedModel, cancel: threading.Event | None = None,
-                     on_record: Callable[[dict], None] | None = None) -> dict:
+                     on_record: Callable[[dict], None] | None = None, exe: ExecutorConfig | None = None) -> dict:
     """Continue an interrupted flips run from its own files (``config.json``, ``prompts.json``): no settings needed."""
     from engine.store.context import open_run
 
@@ -182,7 +182,7 @@ def resume_flips_run(run_dir: Path, lm: LoadedModel, cancel: threading.Event | N
     config = ctx.config
     gen = GenerationConfig(max_new_tokens=config["max_new_tokens"], batch_size=config["batch_size"], seed=config["seed"])
     settings = {k: v for k, v in config.items() if k not in _CONFIG_OWN}
-    return write_flips_run(lm, ctx.specs, prompts, gen, ctx.judge, run_dir, settings, cancel, on_record, resume=True)
+    return write_flips_run(lm, ctx.specs, prompts, gen, ctx.judge, run_dir, settings, cancel, on_record, resume=True, exe=exe)
 
 
 def _start_or_resume(run_dir: Path, config: dict, prompts: Sequence[str], batch_size: int, resume: bool) -> list[dict]:
