@@ -167,7 +167,7 @@ def test_full_flow_in_a_real_browser(lab_env):
             b.nav(page, "5 · Attribution")
             b.set_number(page, "k (top changed features)", 3)
             b.click(page, "Run attribution")
-            page.get_by_text(re.compile(r"All \d+ recovered examples")).first.wait_for(timeout=600_000)
+            page.get_by_text(re.compile(r"All \d+ attributed examples")).first.wait_for(timeout=600_000)
             b.settle(page)
             b.assert_no_exception(page, "attribution")
             b.shot(page, "08-attribution")
