@@ -29,7 +29,7 @@ from engine.scale.config import LOCAL, ExecutorConfig
 from engine.scale.streams import Progress, counted, sharded
 from engine.store.context import RunContext, open_run
 from engine.store.files import JsonlWriter, existing_run, resume_records, write_json
-from engine.store.records import check_name, check_resume, create_record, get_record
+from engine.store.records import check_name, start_or_resume
 from engine.store.valid_set import valid_flips
 
 logger = logging.getLogger(__name__)
@@ -203,11 +203,6 @@ def run_recovery(
     ctx = open_run(run, lm=lm)
     layer = resolve_delta_layer(cfg, ctx.specs, ctx.lm.n_layers)
     settings = recovery_settings(cfg, layer, flips, valid, limit, zero_delta)
-    if resume:
-        record = get_record(run, name, "recovery")
-        check_resume(record.config, settings, f"recovery {record.name!r}")
-        out = record.path
-    else:
-        out = create_record(run, name, "recovery", settings)
+    out = start_or_resume(run, name, "recovery", settings, resume)
     summary = recover_into(out, run, ctx, flips, cfg, settings, on_event, cancel, exe, progress)
     return {**summary, "name": out.name, "dir": str(out)}

@@ -20,7 +20,7 @@ from engine.scale.config import LOCAL, ExecutorConfig
 from engine.scale.streams import Progress
 from engine.store.context import open_run
 from engine.store.files import existing_run, read_json, write_json
-from engine.store.records import CONFIG_FILE, check_name, check_resume, create_record, get_record
+from engine.store.records import CONFIG_FILE, check_name, check_resume, start_or_resume
 from engine.store.valid_set import valid_flips
 
 POINT_KEYS = ("n_valid", "non_refusal_recovery", "base_like_recovery", "strict_base_like_recovery", "mean_drift",
@@ -57,12 +57,7 @@ def run_sweep(run_dir: str | Path, budgets: Sequence[float], cfg: RecoveryConfig
     settings = {**recovery_settings(cfg, layer, flips, valid, limit, False), "budgets": list(budgets)}
     settings.pop("budget")
     settings.pop("zero_delta")
-    if resume:
-        record = get_record(run, name, "sweep")
-        check_resume(record.config, settings, f"sweep {record.name!r}")
-        out = record.path
-    else:
-        out = create_record(run, name, "sweep", settings)
+    out = start_or_resume(run, name, "sweep", settings, resume)
     points = []
     sweep = {"budgets": list(budgets), "budget_kind": cfg.budget_kind, "budget_relative": cfg.budget_relative,
              "projection": cfg.projection, "valid": valid, "points": points}

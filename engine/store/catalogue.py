@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine.errors import LabError
 from engine.paths import data_dir
-from engine.store.files import read_json, read_jsonl
+from engine.store.files import read_json, read_json_or_none, read_jsonl
 from engine.store.records import RecoveryRecord, list_records
 from engine.store.trash import TrashEntry
 
@@ -96,23 +96,13 @@ def run_path(name: str) -> Path:
     return runs_root() / _safe_name(name)
 
 
-def _maybe_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except LabError as exc:
-        logger.warning("skipping %s: %s", path, exc)
-        return None
-
-
 def get_run(name: str) -> RunInfo:
     path = run_path(name)
     if not path.is_dir():
         raise LabError(f"there is no run {name!r} in {runs_root()}")
-    config = _maybe_json(path / "config.json") or {}
+    config = read_json_or_none(path / "config.json") or {}
     created = config.get("created") if isinstance(config.get("created"), (int, float)) else path.stat().st_mtime
-    return RunInfo(name=name, path=path, created=float(created), config=config, summary=_maybe_json(path / "summary.json"),
+    return RunInfo(name=name, path=path, created=float(created), config=config, summary=read_json_or_none(path / "summary.json"),
                    records=list_records(path))
 
 

@@ -42,6 +42,17 @@ def write_json(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
+def read_json_or_none(path: Path) -> dict | None:
+    """``path``'s JSON, or None when it is missing or unreadable (logged): for listings that must not fail on one file."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return read_json(path)
+    except LabError as exc:
+        logger.warning("ignoring %s: %s", path, exc)
+        return None
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text())

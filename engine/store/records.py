@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from engine.errors import LabError
-from engine.store.files import read_json, write_json
+from engine.store.files import read_json_or_none, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -91,24 +91,14 @@ def records_root(run: Path) -> Path:
     return Path(run) / RECORDS_DIR
 
 
-def _maybe_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except LabError as exc:
-        logger.warning("ignoring %s: %s", path, exc)
-        return None
-
-
 def read_record(path: Path) -> RecoveryRecord:
-    config = _maybe_json(path / CONFIG_FILE) or {}
+    config = read_json_or_none(path / CONFIG_FILE) or {}
     kind: RecordKind = "sweep" if config.get("kind") == "sweep" else "recovery"
-    summary = _maybe_json(path / ("sweep.json" if kind == "sweep" else "recovery_summary.json"))
+    summary = read_json_or_none(path / ("sweep.json" if kind == "sweep" else "recovery_summary.json"))
     created = config.get("created")
     return RecoveryRecord(
         name=path.name, path=path, kind=kind, config=config, summary=summary,
-        attribution_summary=_maybe_json(path / "attribution_summary.json"),
+        attribution_summary=read_json_or_none(path / "attribution_summary.json"),
         created=float(created) if isinstance(created, (int, float)) else path.stat().st_mtime,
     )
 
@@ -158,6 +148,16 @@ def create_record(run: Path, name: str | None, kind: RecordKind, config: dict) -
     return path
 
 
+def start_or_resume(run: Path, name: str | None, kind: RecordKind, settings: dict, resume: bool) -> Path:
+    """The folder of a new record holding ``settings``, or (``resume``) of record ``name`` (default the newest of
+    ``kind``) after checking it was started with the same settings."""
+    if not resume:
+        return create_record(run, name, kind, settings)
+    record = get_record(run, name, kind)
+    check_resume(record.config, settings, f"{kind} {record.name!r}")
+    return record.path
+
+
 RESUME_IGNORED = frozenset({"created", "name", "kind", "device"})
 """Settings that may differ between the first start and a resume."""
 
@@ -197,9 +197,9 @@ def migrate_flat_layout(run: Path) -> list[Path]:
 def _legacy_name(run: Path, kind: str) -> str:
     """A stable name, so a migration interrupted half-way continues into the same folder."""
     if kind == "sweep":
-        cfg = _maybe_json(run / "sweep.json") or {}  # moved last, as the recovery config
+        cfg = read_json_or_none(run / "sweep.json") or {}  # moved last, as the recovery config
         return f"legacy-sweep-{cfg.get('projection', 'unknown')}"
-    cfg = _maybe_json(run / CONFIG_FILE) or {}
+    cfg = read_json_or_none(run / CONFIG_FILE) or {}
     if "projection" in cfg and "budget" in cfg:
         return f"legacy-{cfg['projection']}-b{float(cfg['budget']):g}"
     return "legacy"
@@ -209,7 +209,7 @@ def _fill_recovery_config(run: Path, target: Path) -> None:
     """Give a migrated record the fields records have: kind, name, the flip ids of its records, valid = judge."""
     from engine.store.files import read_jsonl
 
-    cfg = _maybe_json(target / CONFIG_FILE) or {}
+    cfg = read_json_or_none(target / CONFIG_FILE) or {}
     records = read_jsonl(target / "recovery.jsonl") if (target / "recovery.jsonl").is_file() else []
     cfg.setdefault("flip_ids", [int(r["id"]) for r in records])
     cfg.setdefault("valid", "judge")
@@ -220,7 +220,7 @@ def _fill_recovery_config(run: Path, target: Path) -> None:
 
 
 def _fill_sweep_config(run: Path, target: Path) -> None:
-    sweep = _maybe_json(target / "sweep.json") or {}
+    sweep = read_json_or_none(target / "sweep.json") or {}
     old = target / "sweep"
     if old.is_dir():  # the flat layout nested the budgets one level deeper
         for p in old.iterdir():
