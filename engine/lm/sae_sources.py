@@ -1,8 +1,10 @@
-"""Loading an SAE by spec: the shipped default, ``tiny``, a local sae_lens folder, or the sae_lens registry.
+"""Loading an SAE by spec: the shipped default, ``tiny``, a local folder (sae_lens or Gemma Scope), or the registry.
 
 Specs: ``default`` (the primary shipped SAE), ``default:HOOK``, ``tiny`` / ``tiny:HOOK`` (a random SAE for the tiny
-model), a path to a local sae_lens folder, or ``RELEASE/SAE_ID``. Every loaded SAE is checked against the model
-(:func:`engine.lm.saes.check_fits`) before it is returned.
+model), a path to a local sae_lens folder (``cfg.json``), ``npz:PATH[@HOOK]`` or a path to a Gemma Scope folder
+holding ``params.npz`` (:mod:`engine.lm.gemma_scope`), or ``RELEASE/SAE_ID`` from sae_lens' registry, read from the
+local Hugging Face cache first (:mod:`engine.lm.sae_registry`). Every loaded SAE is checked against the model
+(:func:`engine.lm.saes.check_fits`) before it is returned. docs/SAES.md describes every source.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import json
 import logging
 from pathlib import Path
 
-from engine.errors import HubUnreachableError, LabError
-from engine.lm.hub import hub_reachable
+from engine.errors import LabError
+from engine.lm import gemma_scope
 from engine.lm.models import LoadedModel, is_default_model
 from engine.lm.saes import LoadedSAE, check_fits, same_model
 from engine.lm.tiny import tiny_sae
@@ -61,8 +63,11 @@ def load_sae(spec: str, lm: LoadedModel) -> LoadedSAE:
     elif spec == "tiny" or spec.startswith("tiny:"):
         hook = spec.split(":", 1)[1] if ":" in spec else f"blocks.{lm.n_layers // 2 - 1}.hook_resid_post"
         loaded = LoadedSAE(tiny_sae(lm.d_model, hook_name=hook, model_name=lm.name), spec, hook)
+    elif spec.startswith("npz:"):
+        loaded = _load_npz(spec)
     elif Path(spec).exists():
-        loaded = _load_local(Path(spec))
+        path = Path(spec)
+        loaded = _load_npz(spec) if not (path / "cfg.json").is_file() and _is_npz(path) else _load_local(path)
     else:
         loaded = _load_registry(spec, lm)
     check_fits(loaded, lm)
@@ -99,22 +104,18 @@ def _load_local(path: Path) -> LoadedSAE:
     return LoadedSAE(sae, f"local:{path}", hook, sae.cfg.metadata.neuronpedia_id)
 
 
-def _load_registry(spec: str, lm: LoadedModel) -> LoadedSAE:
-    from sae_lens import SAE
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+def _is_npz(path: Path) -> bool:
+    return (path.is_file() and path.suffix == ".npz") or (path / "params.npz").is_file()
 
-    directory = get_pretrained_saes_directory()
-    # Releases and ids both may contain '/', so take the longest release that prefixes the spec.
-    release = max((r for r in directory if spec.startswith(r + "/")), key=len, default=None)
-    if release is None:
-        raise LabError(f"unknown SAE {spec!r}: not 'default', not a local folder, and no sae_lens release prefixes it")
-    sae_id = spec[len(release) + 1 :]
-    lookup = directory[release]
-    if sae_id not in lookup.saes_map:
-        raise LabError(f"release {release!r} has no SAE id {sae_id!r} (it has e.g. {', '.join(list(lookup.saes_map)[:3])})")
-    if not same_model(lookup.model, lm.name):
-        raise LabError(f"SAE {spec!r} is for model {lookup.model}, but {lm.name} is loaded")
-    if not hub_reachable():
-        raise HubUnreachableError(f"cannot download SAE {spec!r}: the model hub (huggingface.co) is unreachable")
-    sae = SAE.from_pretrained(release, sae_id, device="cpu")
-    return LoadedSAE(sae, f"registry:{spec}", sae.cfg.metadata.hook_name, lookup.neuronpedia_id.get(sae_id))
+
+def _load_npz(spec: str) -> LoadedSAE:
+    path, hook = gemma_scope.parse_spec(spec)
+    source = gemma_scope.infer_source(path, hook)
+    return LoadedSAE(gemma_scope.load_npz_sae(source), f"npz:{source.file.parent}@{source.hook_name}", source.hook_name)
+
+
+def _load_registry(spec: str, lm: LoadedModel) -> LoadedSAE:
+    from engine.lm.sae_registry import load_registry
+
+    sae, ref = load_registry(spec, lm.name)
+    return LoadedSAE(sae, f"registry:{spec}", sae.cfg.metadata.hook_name, ref.neuronpedia_id)
