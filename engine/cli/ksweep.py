@@ -17,6 +17,7 @@ def int_list(text: str) -> list[int]:
 def add_command(sub) -> None:
     from engine.features.direction import DirectionConfig
     from engine.features.selection import SelectionConfig
+    from engine.lm.dtypes import DTYPE_CHOICES
     from engine.recovery.config import RecoveryConfig
 
     k = sub.add_parser("ksweep", help="flips + recovery with the top-K direction features, for several K")
@@ -24,7 +25,8 @@ def add_command(sub) -> None:
     k.add_argument("--ks", required=True, type=int_list, help="comma-separated K, e.g. 5,10,20")
     k.add_argument("--out", required=True, help="folder for k_<K>/ runs and ksweep.json")
     k.add_argument("--limit", type=positive_int, default=None, help="use the first N prompts")
-    k.add_argument("--model", default="default")
+    k.add_argument("--model", default="default", help="default | tiny | a local Hugging Face checkpoint folder | a TransformerLens official name (from the HF cache first)")
+    k.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="number format: auto (float32 on CPU, bfloat16 on CUDA above 1B parameters) | float32 | bfloat16 | float16")
     k.add_argument("--sae", action="append", default=None, help="SAE to rank (repeatable; default: every shipped default SAE)")
     k.add_argument("--direction-prompts", type=positive_int, default=24, help="harmless prompts used to find the direction")
     k.add_argument("--device", default="auto")
@@ -39,6 +41,7 @@ def cmd_ksweep(args) -> dict:
     from engine.features.direction import DirectionConfig, check_layer, rank_features
     from engine.features.search import contrast_pairs
     from engine.features.selection import SelectionConfig
+    from engine.lm.dtypes import dtype_name
     from engine.lm.loading import load_model
     from engine.lm.sae_sources import load_sae
     from engine.method.generation import GenerationConfig
@@ -54,11 +57,11 @@ def cmd_ksweep(args) -> dict:
     prompts = load_prompts(args.prompts, args.limit)
     prepare_run_dir(args.out)
     specs = args.sae or default_saes(args.model)
-    lm = load_model(args.model, args.device)
+    lm = load_model(args.model, args.device, args.dtype)
     check_layer(lm, direction.layer)
     saes = [load_sae(s, lm) for s in dict.fromkeys(specs)]
     refusal_pairs, answer_pairs = contrast_pairs(lm, load_prompts("builtin:harmless", args.direction_prompts))
     ranking = rank_features(lm, saes, refusal_pairs, answer_pairs, direction)
     gen = GenerationConfig(max_new_tokens=recovery.max_new_tokens)
-    settings = {"model": args.model, "prompts": args.prompts, "limit": args.limit}
+    settings = {"model": args.model, "dtype": dtype_name(lm.dtype), "prompts": args.prompts, "limit": args.limit}
     return run_ksweep(lm, ranking, ks, prompts, args.out, select, recovery, gen, settings=settings)

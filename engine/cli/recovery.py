@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from engine.cli.args import add_dataclass_options, dataclass_from_args, float_list, integer
+from engine.lm.dtypes import DTYPE_CHOICES
 from engine.recovery.config import RecoveryConfig, StepEvent
 from engine.scale.config import ExecutorConfig
 from engine.scale.streams import Progress
@@ -21,6 +22,8 @@ def _run_options(p) -> None:
     p.add_argument("--run", required=True, help="a run directory written by `flips`")
     p.add_argument("--limit", type=integer, default=None, help="use only the first N records")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | mps (default: the run's)")
+    p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="number format: auto | float32 | bfloat16 | float16 "
+                   "(default: the run's)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted record with the same settings")
     add_dataclass_options(p, ExecutorConfig)
 
@@ -66,7 +69,7 @@ def _open(args, valid: str | None):
         if name is not None:
             check_name(name)
     config = read_json(run / "config.json")
-    return run, load_model(config["model"], args.device or config.get("device", "auto"))
+    return run, load_model(config["model"], args.device or config.get("device", "auto"), args.dtype or config.get("dtype", "auto"))
 
 
 def cmd_recover(args) -> dict:

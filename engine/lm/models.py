@@ -66,6 +66,11 @@ class LoadedModel:
         return self.model.cfg.d_model
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The number format of the weights and activations (``engine.lm.dtypes``)."""
+        return self.model.cfg.dtype
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 

@@ -110,9 +110,10 @@ def clamp_latents(z: Float[Tensor, "... d_sae"], spec: ClampSpec) -> Float[Tenso
 
 def defend(h: Float[Tensor, "... d_in"], spec: ClampSpec) -> Float[Tensor, "... d_in"]:
     """``h_def = D(clamp(E(h))) + (h − D(E(h)))``, differentiable in ``h`` including the error term."""
-    z = spec.sae.encode(h)
-    # D(clamp z) − D(z) + h: the error term h − D(z) keeps its gradient because nothing here is detached.
-    return spec.sae.decode(clamp_latents(z, spec)) - spec.sae.decode(z) + h
+    z = spec.sae.encode(h)  # in the SAE's own dtype (sae_lens casts h), float32 for a bfloat16 model (docs/MODELS.md)
+    # h + (D(clamp z) − D(z)): the error term h − D(z) keeps its gradient because nothing here is detached. The
+    # difference is formed in the SAE's dtype and added in h's, so an identity clamp returns h exactly in any format.
+    return h + (spec.sae.decode(clamp_latents(z, spec)) - spec.sae.decode(z)).to(h.dtype)
 
 
 def clamp_hooks(specs: Sequence[ClampSpec]) -> list[Hook]:

@@ -103,7 +103,7 @@ class DeltaObjective:
             if full:
                 logp = run_upper_blocks(self.lm, p, resid)
             else:
-                h = resid
+                h = resid.to(self.lm.dtype)  # δ is float32; a bfloat16 model's blocks take their own format
                 for block in self.lm.model.blocks[p.delta_layer + 1 : self.z_stop + 1]:
                     h = block(h, attention_mask=p.attention_mask)  # [batch, pos, d_model]
         z = torch.cat(zs + captured, dim=-1) if zs or captured else resid.new_zeros((*resid.shape[:2], 0))

@@ -141,11 +141,16 @@ def run_upper_blocks(lm: LoadedModel, problem: Problem, resid: Float[Tensor, "ba
     caller (clamps and probes at later layers) fire as the blocks run.
     """
     model = lm.model
+    resid = resid.to(model.cfg.dtype)  # δ is float32; a bfloat16 model's blocks take their own format
     for block in model.blocks[problem.delta_layer + 1 :]:
         resid = block(resid, attention_mask=problem.attention_mask)  # [batch, pos, d_model]
     mask = problem.target_mask
     picked = model.ln_final(resid[mask])  # [n_targets, d_model]
-    logp = model.unembed(picked[None])[0].log_softmax(-1)  # [n_targets, d_vocab]
+    logits = model.unembed(picked[None])[0].float()  # [n_targets, d_vocab]; log-softmax accumulates in float32
+    cap = model.cfg.output_logits_soft_cap
+    if cap > 0:  # gemma-2 softcaps its logits in HookedTransformer.forward; this forward must too
+        logits = cap * torch.tanh(logits / cap)
+    logp = logits.log_softmax(-1)
     out = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)
     out[mask] = logp.gather(-1, problem.targets[mask][:, None])[:, 0]
     return out

@@ -24,11 +24,12 @@ class RunContext:
     config: dict
 
 
-def open_run(run: Path, device: str | None = None, lm: LoadedModel | None = None) -> RunContext:
-    """Load the model (unless given) and rebuild the clamps recorded in ``run/config.json``."""
+def open_run(run: Path, device: str | None = None, lm: LoadedModel | None = None, dtype: str | None = None) -> RunContext:
+    """Load the model (unless given; on the run's device and number format unless told) and rebuild the clamps recorded
+    in ``run/config.json``."""
     config = read_json(run / "config.json")
     if "clamps" not in config or "model" not in config:
         raise LabError(f"{run / 'config.json'} is not a flips run config (no model/clamps)")
-    lm = lm or load_model(config["model"], device or config.get("device", "auto"))
+    lm = lm or load_model(config["model"], device or config.get("device", "auto"), dtype or config.get("dtype", "auto"))
     specs = load_clamp_set(lm, check_rows(config["clamps"], str(run / "config.json")))
     return RunContext(lm, specs, JudgeConfig.from_json(config.get("judge")), config)
