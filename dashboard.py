@@ -17,6 +17,7 @@ st.set_page_config(page_title="SAE recovery lab", page_icon="🧪", layout="wide
 PAGES = [
     st.Page("app_pages/pick.py", title="1 · Pick model and SAE", url_path="pick", default=True),
     st.Page("app_pages/features.py", title="2 · Features and clamp", url_path="features"),
+    st.Page("app_pages/playground.py", title="2b · Playground", url_path="playground"),
     st.Page("app_pages/flips.py", title="3 · Flips and labels", url_path="flips"),
     st.Page("app_pages/recovery.py", title="4 · Recovery", url_path="recovery"),
     st.Page("app_pages/attribution.py", title="5 · Attribution", url_path="attribution"),
