@@ -15,6 +15,7 @@ Method = Literal["delta", "soft-suffix"]
 Where = Literal["prompt", "prompt+gen"]
 BudgetKind = Literal["per_position", "matrix"]
 JacobianBasis = Literal["probes", "adaptive", "exact"]
+Correction = Literal["adam", "gauss-newton"]
 
 
 @dataclass
@@ -86,6 +87,14 @@ class RecoveryConfig:
     """``jacobian``: drift-correcting Adam steps on the relative drift alone after every step (the paper: 5)."""
     correction_lr: float = 0.05
     """``jacobian``: learning rate of the drift-correction steps (the paper: 0.05)."""
+    correction: Correction = "adam"
+    """``jacobian``: how the drift is corrected after each step: ``adam`` steps on the relative drift (the paper's), or
+    ``gauss-newton``: correction_steps iterations of the smallest δ change that cancels the later clamps' drift to
+    first order, c = Aᵀ(AAᵀ + μI)⁻¹r solved by conjugate gradients (a stronger variant: engine/recovery/restoration.py)."""
+    cg_iters: int = 16
+    """``jacobian`` + ``gauss-newton``: conjugate-gradient iterations per Gauss–Newton iteration."""
+    gn_damping: float = 1e-3
+    """``jacobian`` + ``gauss-newton``: damping μ as a fraction of the Rayleigh quotient rᵀAAᵀr/rᵀr."""
     suffix_tokens: int = 8
     """``soft-suffix``: number of soft tokens appended to the instruction."""
     batch_size: int = 4
@@ -121,6 +130,8 @@ class RecoveryConfig:
             raise FieldError("jacobian_basis", f"unknown Jacobian basis {self.jacobian_basis!r}; choose probes, adaptive or exact")
         if self.penalty_schedule not in ("fixed", "adaptive"):
             raise FieldError("penalty_schedule", f"unknown penalty schedule {self.penalty_schedule!r}; choose fixed or adaptive")
+        if self.correction not in typing.get_args(Correction):
+            raise FieldError("correction", f"unknown correction {self.correction!r}; choose adam or gauss-newton")
         if self.constraint_positions not in ("all", "answer"):
             raise FieldError("constraint_positions", f"unknown constraint positions {self.constraint_positions!r}; choose all or answer")
         for name in FIELD_RULES:
@@ -161,6 +172,7 @@ FIELD_LABELS: dict[str, str] = {
     "delta_layer": "δ layer", "drift_penalty": "drift penalty λ", "n_probes": "probes", "max_probes": "most probes",
     "probe_tol": "probe tolerance", "probe_every": "probe interval (steps between re-estimates)",
     "correction_steps": "correction steps", "correction_lr": "correction learning rate", "penalty_growth": "penalty growth factor",
+    "cg_iters": "conjugate-gradient iterations", "gn_damping": "Gauss–Newton damping",
     "suffix_tokens": "soft-suffix tokens", "batch_size": "batch size", "max_new_tokens": "recovered answer length",
     "seed": "seed",
 }
@@ -170,7 +182,8 @@ FIELD_RULES: dict[str, tuple] = {
     # name: (kind, rule, may be None); a layer's range needs the model and the clamps: driver.resolve_delta_layer
     "budget": (float, "positive", False), "lr": (float, "positive", False), "correction_lr": (float, "positive", False),
     "answer_weight": (float, "non-negative", False), "drift_penalty": (float, "non-negative", True),
-    "penalty_growth": (float, "positive", False),
+    "penalty_growth": (float, "positive", False), "gn_damping": (float, "positive", False),
+    "cg_iters": (int, "count", False),
     "drift_threshold": (float, "threshold", True), "probe_tol": (float, "fraction", False),
     "steps": (int, "count", False), "answer_tokens": (int, "count", False), "batch_size": (int, "count", False),
     "max_new_tokens": (int, "count", False), "n_probes": (int, "count", False), "max_probes": (int, "count", False),

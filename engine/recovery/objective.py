@@ -22,7 +22,7 @@ from torch import Tensor
 from engine.errors import LabError
 from engine.lm.models import LoadedModel
 from engine.lm.saes import hook_layer
-from engine.method.clamp import ClampSpec, clamped
+from engine.method.clamp import ClampSpec, clamp_hooks, clamped
 from engine.recovery import metrics
 from engine.recovery.problem import Problem, delta_hook, run_upper_blocks, split_specs
 
@@ -77,29 +77,38 @@ class DeltaObjective:
     def evaluate(self, rows: Tensor, gen: Tensor | None) -> Evaluation:
         return self.evaluate_full(self.perturbation(rows, gen))
 
-    def evaluate_z(self, rows: Tensor, gen: Tensor | None) -> Evaluation:
-        """``z`` only: blocks above δ up to the last clamped layer, no unembedding."""
-        return self._forward(self.perturbation(rows, gen), full=False)
+    def evaluate_z(self, rows: Tensor, gen: Tensor | None, pre: bool = False) -> Evaluation:
+        """``z`` only: blocks above δ up to the last clamped layer, no unembedding. ``pre``: the later clamps' features'
+        pre-activations **before** their clamp acts instead: smooth in δ, and holding them holds the clamped
+        activations exactly (the clamp adds a function of the held activations; engine/recovery/restoration.py)."""
+        return self._forward(self.perturbation(rows, gen), full=False, pre=pre)
 
     def evaluate_full(self, pert: Float[Tensor, "batch pos d_model"]) -> Evaluation:
         """Forward at an arbitrary full perturbation ``[batch, pos, d_model]`` added to h_def."""
         return self._forward(pert, full=True)
 
-    def _forward(self, pert: Tensor, full: bool) -> Evaluation:
+    def _forward(self, pert: Tensor, full: bool, pre: bool = False) -> Evaluation:
         p = self.problem
         resid = p.h_def + pert
-        zs = [s.sae.encode(resid)[..., s.features] for s in self.same_layer]
+
+        def features(spec: ClampSpec, act: Tensor) -> Tensor:
+            return (spec.sae.pre_acts(act) if pre else spec.sae.encode(act))[..., spec.features]
+
+        zs = [features(s, resid) for s in self.same_layer]
         captured: list[Tensor] = []
 
         def capture(spec: ClampSpec) -> Callable:
             def fn(act: Tensor, hook) -> None:  # noqa: ARG001
-                captured.append(spec.sae.encode(act)[..., spec.features])
+                captured.append(features(spec, act))
 
             return fn
 
         probes = [(s.hook_name, capture(s)) for s in self.suffix_specs]
         logp = None
-        with clamped(self.lm, self.suffix_specs, probes):
+        # ``pre`` reads the pre-activations before each later clamp acts (smooth in δ: the gates of the clamps below are
+        # held); the activations are read after it, as the drift metrics define them.
+        order = ([], [*probes, *clamp_hooks(self.suffix_specs)]) if pre else (self.suffix_specs, probes)
+        with clamped(self.lm, *order):
             if full:
                 logp = run_upper_blocks(self.lm, p, resid)
             else:

@@ -31,6 +31,7 @@ from engine.recovery.jacobian import DriftCorrector, jacobian_basis, project_out
 from engine.recovery.objective import DeltaObjective
 from engine.recovery.problem import delta_hook, split_specs
 from engine.recovery.projection import EncoderProjector, hold_constraints
+from engine.recovery.restoration import GaussNewtonRestorer
 
 
 @dataclass
@@ -98,7 +99,9 @@ def optimize_delta(
     # λ per prompt: fixed, or adapted to each prompt's held drift against the threshold (cfg.penalty_schedule)
     lam = torch.full((n,), penalty, device=p.h_def.device)
     adaptive = cfg.penalty_schedule == "adaptive" and penalty > 0 and math.isfinite(cfg.effective_drift_threshold)
-    corrector = DriftCorrector(objective, params, cfg, encoder, budget) if jacobian and cfg.correction_steps > 0 else None
+    corrector = None
+    if jacobian and cfg.correction_steps > 0:
+        corrector = (GaussNewtonRestorer if cfg.correction == "gauss-newton" else DriftCorrector)(objective, params, cfg, encoder, budget)
 
     best_loss = torch.full((n,), math.inf)
     any_loss = torch.full((n,), math.inf)
