@@ -12,13 +12,27 @@ st.markdown(
     "folder always works."
 )
 
+with st.expander("Model from a local folder · number format", expanded=bool(st.session_state.get(state.MODEL_FOLDER_KEY))):
+    from engine.lm.dtypes import DTYPE_CHOICES
+
+    st.caption("A Hugging Face checkpoint folder (config.json, weights, tokenizer) of a gpt2, llama, qwen2 or gemma-2 "
+               "model replaces the sidebar's model; leave it empty to use the sidebar's. Number format auto: float32 "
+               "on CPU, bfloat16 on a GPU for models over 1B parameters.")
+    folder = st.text_input("Model folder", value=st.session_state.get(state.MODEL_FOLDER_KEY) or "", key="pick_model_folder",
+                           placeholder="/path/to/checkpoint")
+    dtype = st.selectbox("Number format", DTYPE_CHOICES, index=DTYPE_CHOICES.index(state.model_dtype()), key="pick_dtype")
+    if st.button("Use this model", key="pick_use_model"):
+        problem = state.set_model_source(folder, dtype)
+        if problem:
+            st.error(problem)
+
 lm, sae = state.require_model()
 
 left, right = st.columns(2)
 with left:
     st.subheader("Model")
     st.markdown(
-        f"- **name:** {lm.name}\n- **device:** `{lm.device}`\n- **layers:** {lm.n_layers} · **d_model:** {lm.d_model}\n"
+        f"- **name:** {lm.name}\n- **device:** `{lm.device}` · **number format:** {str(lm.dtype).removeprefix('torch.')}\n- **layers:** {lm.n_layers} · **d_model:** {lm.d_model}\n"
         f"- **chat template:** {'yes' if lm.has_chat_template else 'no'}"
     )
 with right:

@@ -20,6 +20,8 @@ from engine.services import jobs
 logger = logging.getLogger(__name__)
 
 MODEL_KEY, DEVICE_KEY, SAE_KEY, LOCAL_SAE_KEY = "model_name", "device", "sae_choice", "local_sae_path"
+MODEL_FOLDER_KEY, DTYPE_KEY = "model_folder", "model_dtype"
+"""A local checkpoint folder chosen on the Pick page (replaces the sidebar's model while set), and the number format."""
 LOCAL_CHOICE = "Local folder…"
 RUN_KEY = "run"
 EXECUTOR_KEY, RAY_ADDRESS_KEY, RAY_WORKERS_KEY, RAY_GPUS_KEY = "executor", "ray_address", "ray_workers", "ray_gpus"
@@ -61,17 +63,17 @@ def default_model_name() -> str:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=3)
-def _load_model(name: str, device: str):
+def _load_model(name: str, device: str, dtype: str = "auto"):
     from engine.lm.loading import load_model
 
-    return load_model(name, device)
+    return load_model(name, device, dtype)
 
 
 @st.cache_resource(show_spinner="Loading the SAE…", max_entries=6)
-def _load_sae(spec: str, model_name: str, device: str):
+def _load_sae(spec: str, model_name: str, device: str, dtype: str = "auto"):
     from engine.lm.sae_sources import load_sae
 
-    return load_sae(spec, _load_model(model_name, device))
+    return load_sae(spec, _load_model(model_name, device, dtype))
 
 
 @st.cache_resource(show_spinner=False)
@@ -112,7 +114,31 @@ def hub_status() -> bool | None:
 
 
 def model_choice() -> tuple[str, str]:
-    return st.session_state.get(MODEL_KEY, default_model_name()), st.session_state.get(DEVICE_KEY, "auto")
+    """``(name, device)``: the Pick page's model folder when one is set, else the sidebar's model."""
+    name = st.session_state.get(MODEL_FOLDER_KEY) or st.session_state.get(MODEL_KEY, default_model_name())
+    return name, st.session_state.get(DEVICE_KEY, "auto")
+
+
+def model_dtype() -> str:
+    """The number format chosen on the Pick page (``auto`` until one is chosen)."""
+    return st.session_state.get(DTYPE_KEY, "auto")
+
+
+def set_model_source(folder: str, dtype: str) -> str | None:
+    """Check a model folder (empty: the sidebar's model) and a number format with the engine's checks; keep them when
+    they are good. Returns the problem in page words, or None."""
+    from engine.lm.dtypes import check_dtype_choice
+    from engine.lm.hf_sources import check_model_folder
+
+    folder = (folder or "").strip()
+    try:
+        dtype = check_dtype_choice(dtype)
+        path = str(check_model_folder(folder)) if folder else None
+    except LabError as exc:
+        return f"This model cannot be used: {exc}."
+    st.session_state[MODEL_FOLDER_KEY] = path
+    st.session_state[DTYPE_KEY] = dtype
+    return None
 
 
 def sae_spec() -> str | None:
@@ -127,13 +153,13 @@ def sae_spec() -> str | None:
 def get_lm():
     """The chosen model, loaded once per process; raises LabError with the reason when it cannot load."""
     name, device = model_choice()
-    return _load_model(name, device)
+    return _load_model(name, device, model_dtype())
 
 
 def load_sae_spec(spec: str):
     """The SAE ``spec`` for the chosen model, loaded once per process (a clamp set's rows name their SAEs so)."""
     name, device = model_choice()
-    return _load_sae(spec, name, device)
+    return _load_sae(spec, name, device, model_dtype())
 
 
 def get_sae():
@@ -147,7 +173,7 @@ def get_sae():
                            "or type the path of a local sae_lens SAE folder in the sidebar")
         raise LabError("choose an SAE in the sidebar (or type a local folder path)")
     name, device = model_choice()
-    return _load_sae(spec, name, device)
+    return _load_sae(spec, name, device, model_dtype())
 
 
 def try_model():
