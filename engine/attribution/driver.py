@@ -28,6 +28,7 @@ from engine.recovery.objective import DeltaObjective
 from engine.recovery.problem import build_problem, delta_hook
 from engine.recovery.replay import Perturbation, batch_from_perturbations, replay_hooks
 from engine.scale.config import LOCAL, ExecutorConfig
+from engine.services.progress import ProgressFn, report
 from engine.store.context import open_run
 from engine.store.files import JsonlWriter, existing_run, read_json, read_jsonl, resume_records, write_json
 from engine.store.records import check_resume, get_record
@@ -87,9 +88,12 @@ def attribution_sae(specs: Sequence[ClampSpec], layer: int, given: LoadedSAE | N
 def attribute_batch(
     lm: LoadedModel, specs: Sequence[ClampSpec], records: Sequence[dict], perts: Sequence[Perturbation], layer: int,
     answer_tokens: int, top_k: int, max_new_tokens: int, judge_cfg: JudgeConfig, components: Sequence[str] = COMPONENTS,
-    sae: LoadedSAE | None = None,
+    sae: LoadedSAE | None = None, on_component: Callable[[str], None] | None = None,
 ) -> list[dict]:
-    """Attribution records for one batch of recovered prompts (``sae``: for a δ layer with no clamped SAE)."""
+    """Attribution records for one batch of recovered prompts (``sae``: for a δ layer with no clamped SAE).
+
+    ``on_component(name)``: called as each component's replay of the whole batch finishes.
+    """
     with torch.no_grad():
         problem = build_problem(lm, specs, records, answer_tokens, layer)
         objective = DeltaObjective(lm, specs, problem)
@@ -120,6 +124,8 @@ def attribute_batch(
                 like = base_likeness(texts[b].text, r["base_text"], judge_cfg, verdict)
                 out[b]["components"][name] = {"non_refusal": like.non_refusal, "base_like": like.base_like,
                                               "base_logprob_gain": float(gain[b]), "norm": float(norms[b]), "text": texts[b].text}
+            if on_component is not None:
+                on_component(name)
     return out
 
 
@@ -142,9 +148,14 @@ def summarize_attribution(records: Sequence[dict], components: Sequence[str] = C
 def attribute_records(
     lm: LoadedModel, specs: Sequence[ClampSpec], record_dir: Path, records: Sequence[dict], top_k: int, judge_cfg: JudgeConfig,
     batch_size: int = ATTRIBUTION_BATCH, cancel: threading.Event | None = None, on_record: Callable[[dict], None] | None = None,
-    sae: LoadedSAE | None = None,
+    sae: LoadedSAE | None = None, on_progress: ProgressFn | None = None, done_before: int = 0,
+    total: int | None = None,
 ) -> Iterator[dict]:
+    """Attribution records of ``records``, batch by batch. ``on_progress``: component replays done (one per example and
+    component), reported as each component of a batch finishes; ``done_before`` / ``total``: examples already
+    attributed (a resume) and the whole run's examples (default: ``records``)."""
     cfg = read_json(record_dir / "recovery_config.json")
+    n_total = (total if total is not None else len(records)) * len(COMPONENTS)
     if cfg.get("method") == "soft-suffix":
         raise LabError("a soft-suffix run has no residual δ to decompose; attribute a δ recovery run")
     for start in range(0, len(records), batch_size):
@@ -152,8 +163,18 @@ def attribute_records(
             return
         chunk = list(records[start : start + batch_size])
         perts = [load_perturbation(record_dir, int(r["id"])) for r in chunk]
+        first = (done_before + start) * len(COMPONENTS)
+        replayed: list[str] = []
+        where = f"examples {done_before + start + 1}–{done_before + start + len(chunk)}"
+
+        def component_done(name: str, first=first, chunk=chunk, replayed=replayed, where=where) -> None:
+            replayed.append(name)
+            nxt = COMPONENTS[len(replayed)] if len(replayed) < len(COMPONENTS) else None
+            report(on_progress, f"replaying {nxt}" if nxt else "judging", first + len(replayed) * len(chunk), n_total, "replays", where)
+
+        report(on_progress, f"replaying {COMPONENTS[0]}", first, n_total, "replays", where)
         for rec in attribute_batch(lm, specs, chunk, perts, int(cfg["delta_layer"]), int(cfg["answer_tokens"]), top_k,
-                                   int(cfg["max_new_tokens"]), judge_cfg, sae=sae):
+                                   int(cfg["max_new_tokens"]), judge_cfg, sae=sae, on_component=component_done):
             if on_record is not None:
                 on_record(rec)
             yield rec
@@ -168,12 +189,13 @@ def attribute_shard(worker, record_dir: str, records: list[dict], top_k: int) ->
 def run_attribution(run_dir: str | Path, top_k: int = 10, lm: LoadedModel | None = None, limit: int | None = None,
                     cancel: threading.Event | None = None, on_record: Callable[[dict], None] | None = None,
                     sae_spec: str | None = None, recovery: str | None = None, resume: bool = False,
-                    exe: ExecutorConfig = LOCAL, progress=None) -> dict:
+                    exe: ExecutorConfig = LOCAL, progress=None, on_progress: ProgressFn | None = None) -> dict:
     """Attribute every recovered prompt of one recovery record and write its two attribution files.
 
     ``recovery``: the record's name (default: the newest recovery of the run; the result names it). ``sae_spec``: an
     SAE at δ's layer, needed only when no clamp of the run reads that layer. ``resume``: continue an interrupted
     attribution of that record with the same settings; without it an existing attribution is never overwritten.
+    ``on_progress``: component replays done (:func:`attribute_records`; with Ray, per finished example).
     """
     check_top_k(top_k)
     run = existing_run(run_dir, "flips.jsonl")
@@ -207,13 +229,16 @@ def run_attribution(run_dir: str | Path, top_k: int = 10, lm: LoadedModel | None
         stream = sharded(run, exe, attribute_shard, todo, ATTRIBUTION_BATCH, lambda first, chunk: (str(out), chunk, top_k),
                          None, cancel, progress, sae_spec)
     else:
-        stream = attribute_records(ctx.lm, ctx.specs, out, todo, top_k, ctx.judge, cancel=cancel, sae=sae)
+        stream = attribute_records(ctx.lm, ctx.specs, out, todo, top_k, ctx.judge, cancel=cancel, sae=sae,
+                                   on_progress=on_progress, done_before=len(done), total=len(records))
     with JsonlWriter(out / "attribution.jsonl", append=True) as fh:
         for rec in counted(stream, progress):
             fh.write(rec)
             done.append(rec)
             if on_record is not None:
                 on_record(rec)
+            if exe.is_ray:
+                report(on_progress, "replaying on the workers", len(done) * len(COMPONENTS), len(records) * len(COMPONENTS), "replays")
             logger.info("attributed flip %d", rec["id"])
     summary = summarize_attribution(done)
     summary.update(top_k=top_k, sae=sae.source if sae is not None else None, recovery=record.name,

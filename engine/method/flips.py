@@ -20,6 +20,7 @@ from engine.method.clamp import ClampSpec
 from engine.method.generation import GenerationConfig, generate
 from engine.method.judge import JudgeConfig, judge
 from engine.scale.config import LOCAL, ExecutorConfig
+from engine.services.progress import ProgressFn, report
 from engine.store.files import JsonlWriter, read_json, resume_records, write_json
 
 
@@ -52,21 +53,33 @@ def run_flips(
     judge_cfg: JudgeConfig | None = None,
     cancel: threading.Event | None = None,
     start_at: int = 0,
+    on_progress: ProgressFn | None = None,
 ) -> Iterator[FlipRecord]:
     """Base and clamped answers, judged, streamed one prompt at a time (in batches of ``gen.batch_size``).
 
     ``start_at``: skip the first prompts (a resume; a multiple of the batch size, so batches stay the same).
+    ``on_progress``: answers generated (2 per prompt), reported as each base or clamped batch finishes; the base
+    answers of a batch come with the report (``items``), before their clamped answers exist.
     """
     gen = gen or GenerationConfig()
     judge_cfg = judge_cfg or JudgeConfig()
+    total, n_batches = 2 * len(prompts), -(-len(prompts) // gen.batch_size)
     for start in range(start_at, len(prompts), gen.batch_size):
         if cancel is not None and cancel.is_set():
             return
         chunk = list(prompts[start : start + gen.batch_size])
+        where = f"batch {start // gen.batch_size + 1}/{n_batches}"
+        report(on_progress, "base answers", 2 * start, total, "answers", where)
         base = list(generate(lm, chunk, gen, cancel=cancel))
+        verdicts = [judge(b.text, judge_cfg) for b in base]
+        pending = [{"id": start + b.index, "prompt": chunk[b.index], "base_text": b.text, "base_refusal": v.refusal,
+                    "base_reasons": v.to_json()["reasons"]} for b, v in zip(base, verdicts)]
+        report(on_progress, "clamped answers", 2 * start + len(base), total, "answers", where, pending)
         clamped = list(generate(lm, chunk, gen, specs=specs, cancel=cancel))
-        for b, c in zip(base, clamped):
-            vb, vc = judge(b.text, judge_cfg), judge(c.text, judge_cfg)
+        if len(clamped) < len(base):  # cancelled inside the clamped pass
+            return
+        for b, c, vb in zip(base, clamped, verdicts):
+            vc = judge(c.text, judge_cfg)
             yield FlipRecord(
                 id=start + b.index,
                 prompt=chunk[b.index],
@@ -80,6 +93,9 @@ def run_flips(
                 clamped_reasons=vc.to_json()["reasons"],
                 base_stop_id=b.stop_id,
             )
+        end = 2 * (start + len(chunk))
+        report(on_progress, "base answers" if end < total else "saving", end, total, "answers",
+               f"batch {start // gen.batch_size + 2}/{n_batches}" if end < total else "")
 
 
 def flips_shard(worker, prompts: list[str], first_id: int, gen_json: dict) -> list[dict]:
@@ -123,13 +139,14 @@ def write_flips_run(
     resume: bool = False,
     exe: ExecutorConfig | None = None,
     progress=None,
+    on_progress: ProgressFn | None = None,
 ) -> dict:
     """Run base vs clamped on ``prompts`` into ``run_dir`` (``config.json``, ``flips.jsonl``, ``summary.json``).
 
     ``settings`` adds to ``config.json`` (model load name, prompt source, limit, ``source``: cli or dashboard).
     Returns the summary. A cancelled run keeps the records it finished and still gets a summary. A folder that
     already holds flips is refused unless ``resume``: then the settings must match, whole finished batches are kept
-    and the rest is run.
+    and the rest is run. ``on_progress``: answers generated (:func:`run_flips`; with Ray, per finished record).
     """
     if not prompts:
         raise LabError("no prompts to run")
@@ -148,13 +165,15 @@ def write_flips_run(
         stream = sharded(run_dir, exe, flips_shard, list(range(len(records), len(prompts))), gen.batch_size,
                          lambda first, ids: ([prompts[i] for i in ids], ids[0], gen_json), None, cancel, progress)
     else:
-        stream = (rec.to_json() for rec in run_flips(lm, specs, prompts, gen, judge_cfg, cancel, start_at=len(records)))
+        stream = (rec.to_json() for rec in run_flips(lm, specs, prompts, gen, judge_cfg, cancel, len(records), on_progress))
     with JsonlWriter(run_dir / "flips.jsonl", append=True) as out:
         for row in counted(stream, progress):
             out.write(row)
             records.append(row)
             if on_record is not None:
                 on_record(row)
+            if exe.is_ray:
+                report(on_progress, "answers from the workers", 2 * len(records), 2 * len(prompts), "answers")
     summary = summarize_flips(records, specs)
     summary["cancelled"] = len(records) < len(prompts)
     write_json(run_dir / "summary.json", summary)
@@ -169,7 +188,8 @@ _CONFIG_OWN = ("command", "model_id", "sae", "device", "seed", "max_new_tokens",
 
 
 def resume_flips_run(run_dir: Path, lm: LoadedModel, cancel: threading.Event | None = None,
-                     on_record: Callable[[dict], None] | None = None, exe: ExecutorConfig | None = None) -> dict:
+                     on_record: Callable[[dict], None] | None = None, exe: ExecutorConfig | None = None,
+                     on_progress: ProgressFn | None = None) -> dict:
     """Continue an interrupted flips run from its own files (``config.json``, ``prompts.json``): no settings needed."""
     from engine.store.context import open_run
 
@@ -182,7 +202,8 @@ def resume_flips_run(run_dir: Path, lm: LoadedModel, cancel: threading.Event | N
     config = ctx.config
     gen = GenerationConfig(max_new_tokens=config["max_new_tokens"], batch_size=config["batch_size"], seed=config["seed"])
     settings = {k: v for k, v in config.items() if k not in _CONFIG_OWN}
-    return write_flips_run(lm, ctx.specs, prompts, gen, ctx.judge, run_dir, settings, cancel, on_record, resume=True, exe=exe)
+    return write_flips_run(lm, ctx.specs, prompts, gen, ctx.judge, run_dir, settings, cancel, on_record, resume=True, exe=exe,
+                           on_progress=on_progress)
 
 
 def _start_or_resume(run_dir: Path, config: dict, prompts: Sequence[str], batch_size: int, resume: bool) -> list[dict]:
@@ -199,6 +220,8 @@ def _start_or_resume(run_dir: Path, config: dict, prompts: Sequence[str], batch_
     if not (run_dir / "config.json").is_file():
         raise LabError(f"{run_dir} has no flips run to resume (no config.json)")
     saved = read_json(run_dir / "config.json")
+    if isinstance(saved.get("judge"), dict):  # a run saved before a judge setting existed gets that setting's default
+        saved["judge"] = JudgeConfig.from_json(saved["judge"]).to_json()
     check_resume({k: v for k, v in saved.items() if k not in _RESUME_IGNORED},
                  {k: v for k, v in json.loads(json.dumps(config)).items() if k not in _RESUME_IGNORED}, f"the flips run {run_dir}")
     return resume_records(run_dir / "flips.jsonl", list(range(len(prompts))), batch_size)

@@ -27,6 +27,7 @@ from engine.recovery.problem import build_problem, check_delta_layer, default_de
 from engine.recovery.replay import Perturbation, perturbations_from_batch, replay_hooks
 from engine.scale.config import LOCAL, ExecutorConfig
 from engine.scale.streams import Progress, counted, sharded
+from engine.services.progress import PhaseFn, ProgressFn, StepCounter
 from engine.store.context import RunContext, open_run
 from engine.store.files import JsonlWriter, existing_run, resume_records, write_json
 from engine.store.records import check_name, start_or_resume
@@ -56,19 +57,29 @@ def recover_flips(
     on_event: Callable[[StepEvent], None] | None = None,
     cancel: threading.Event | None = None,
     zero_delta: bool = False,
+    on_phase: PhaseFn | None = None,
 ) -> Iterator[tuple[PromptResult, Perturbation]]:
-    """Recover each flip; yields results batch by batch. ``zero_delta``: skip optimisation (a budget of 0)."""
+    """Recover each flip; yields results batch by batch. ``zero_delta``: skip optimisation (a budget of 0).
+
+    ``on_phase(phase, detail, finished)``: called as each phase of a batch starts (``preparing``, ``optimising``,
+    ``generating recovered answers``), and with the batch's prompt ids in ``finished`` once its results are yielded.
+    """
     judge_cfg = judge_cfg or JudgeConfig()
+    phase = on_phase or (lambda *_: None)
     if cfg.method == "soft-suffix":
         from engine.recovery.soft_suffix import recover_with_suffix
 
+        phase("optimising soft suffixes", f"{len(flips)} prompts, one at a time", ())
         yield from recover_with_suffix(lm, specs, flips, cfg, judge_cfg, on_event, cancel)
         return
     layer = resolve_delta_layer(cfg, specs, lm.n_layers)
+    n_batches = -(-len(flips) // cfg.batch_size)
     for start in range(0, len(flips), cfg.batch_size):
         if cancel is not None and cancel.is_set():
             return
         chunk = list(flips[start : start + cfg.batch_size])
+        where = f"batch {start // cfg.batch_size + 1}/{n_batches}"
+        phase("preparing", where, ())
         with torch.enable_grad():  # worker threads start with the thread-local grad mode off in some callers
             problem = build_problem(lm, specs, chunk, cfg.answer_tokens, layer)
             objective = DeltaObjective(lm, specs, problem, cfg.constraint_positions)
@@ -80,6 +91,7 @@ def recover_flips(
                 gen = None
                 res = DeltaResult(rows, gen, [0] * len(chunk), [True] * len(chunk), [[] for _ in chunk], [[] for _ in chunk], False)
             else:
+                phase("optimising", where, ())
                 res = optimize_delta(objective, cfg, budget, on_event, cancel)
             if res.cancelled:
                 return
@@ -97,6 +109,7 @@ def recover_flips(
                 mask = problem.target_mask
                 lp_rec = (ev_rec.logp * mask).sum(1)
                 lp_def = (objective.defended_eval.logp * mask).sum(1)
+        phase("generating recovered answers", where, ())
         perts = perturbations_from_batch(problem, res.rows, res.gen)
         gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=len(chunk))
         hooks = replay_hooks(layer, dict(enumerate(perts)))
@@ -110,6 +123,7 @@ def recover_flips(
                 drift_per_layer_history=res.drift_per_layer_history[b] if res.drift_per_layer_history else {},
             )
             yield result, perts[b]
+        phase("saving" if start + len(chunk) >= len(flips) else "preparing", where, [int(f["id"]) for f in chunk])
 
 
 def recover_shard(worker, flips: list[dict], cfg_json: dict, zero_delta: bool) -> list[tuple]:
@@ -138,8 +152,12 @@ def recover_into(
     cancel: threading.Event | None = None,
     exe: ExecutorConfig = LOCAL,
     progress: Progress | None = None,
+    on_progress: ProgressFn | None = None,
 ) -> dict:
     """Recover ``flips`` into the record folder ``out`` (``settings``: :func:`recovery_settings`), continuing whatever whole batches it already holds.
+
+    ``on_progress``: optimisation steps done (``steps`` per prompt, :class:`~engine.services.progress.StepCounter`)
+    and the phase of the current batch.
 
     Each δ is saved before its record line, so a record always has its δ. The summary is recomputed from every
     record of the folder, old and new.
@@ -154,12 +172,21 @@ def recover_into(
         logger.info("%s: %d of %d flips already recovered; continuing", out.name, len(records), len(flips))
     todo = list(flips[len(records):])
     zero = settings["zero_delta"]
+    counter = StepCounter(len(flips), cfg.steps, on_progress, done_prompts=len(records))
+
+    def step_event(ev: StepEvent) -> None:
+        if on_event is not None:
+            on_event(ev)
+        counter(ev.prompt_id, ev.step)
+
+    counter.phase("preparing" if todo else "saving", f"{len(records)} of {len(flips)} prompts already recovered" if records else "", ())
     if exe.is_ray:
-        events = (lambda d: on_event(StepEvent(**d))) if on_event is not None else None
+        counter.phase("optimising on the workers", "", ())
         stream = sharded(run, exe, recover_shard, todo, cfg.batch_size, lambda first, chunk: (chunk, cfg.to_json(), zero),
-                         events, cancel, progress)
+                         lambda d: step_event(StepEvent(**d)), cancel, progress)
     else:
-        stream = ((r.to_json(), p.rows, p.gen) for r, p in recover_flips(ctx.lm, ctx.specs, todo, cfg, ctx.judge, on_event, cancel, zero))
+        stream = ((r.to_json(), p.rows, p.gen)
+                  for r, p in recover_flips(ctx.lm, ctx.specs, todo, cfg, ctx.judge, step_event, cancel, zero, counter.phase))
     with JsonlWriter(out / "recovery.jsonl", append=True) as fh:
         for rec, rows, gen in counted(stream, progress):
             tensors = {"rows": rows.cpu().contiguous()}
@@ -170,6 +197,8 @@ def recover_into(
             tmp.replace(out / "deltas" / f"{rec['id']}.safetensors")
             fh.write(rec)
             records.append(rec)
+            if exe.is_ray:
+                counter.phase("optimising on the workers", f"{len(records)}/{len(flips)} prompts recovered", [rec["id"]])
             logger.info("recovered flip %d: non_refusal=%s drift=%.4f", rec["id"], rec["non_refusal"], rec["drift"])
     summary = metrics.summarize(records, {**cfg.to_json(), "delta_layer": layer})
     summary.update(n_total=len(flips), cancelled=len(records) < len(flips), valid=settings["valid"])
@@ -190,6 +219,7 @@ def run_recovery(
     zero_delta: bool = False,
     exe: ExecutorConfig = LOCAL,
     progress: Progress | None = None,
+    on_progress: ProgressFn | None = None,
 ) -> dict:
     """Recover the valid flips of ``run_dir`` into a new record ``recoveries/<name>/`` (or resume one).
 
@@ -204,5 +234,5 @@ def run_recovery(
     layer = resolve_delta_layer(cfg, ctx.specs, ctx.lm.n_layers)
     settings = recovery_settings(cfg, layer, flips, valid, limit, zero_delta)
     out = start_or_resume(run, name, "recovery", settings, resume)
-    summary = recover_into(out, run, ctx, flips, cfg, settings, on_event, cancel, exe, progress)
+    summary = recover_into(out, run, ctx, flips, cfg, settings, on_event, cancel, exe, progress, on_progress)
     return {**summary, "name": out.name, "dir": str(out)}

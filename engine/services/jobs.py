@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 
 from engine.errors import LabError
+from engine.services.progress import ProgressEvent
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ JobStatus = Literal["running", "done", "cancelled", "failed"]
 
 MAX_EVENTS = 200_000
 """Events kept per job; beyond this the oldest are dropped (a long sweep stays bounded in memory)."""
+MAX_PARTIAL = 1000
+"""Partial results kept per job (the newest)."""
 MAX_FINISHED_JOBS = 50
 """Finished jobs kept in the registry; older finished ones are forgotten (their outputs stay on disk)."""
 
@@ -56,6 +59,12 @@ class Job:
     """(done, total) when the worker knows it."""
     message: str = ""
     """A one-line note of what the worker is doing now."""
+    phase: str = ""
+    """The engine's phase now (``base answers``, ``optimising``…), from its last :class:`ProgressEvent`."""
+    unit: str = ""
+    """What ``progress`` counts (``answers``, ``steps``, ``replays``); empty: records."""
+    partial: list = field(default_factory=list)
+    """Partial results reported with progress (flips: base answers whose clamped answers are pending)."""
     started: float = field(default_factory=time.time)
     finished: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -80,6 +89,15 @@ class Job:
         self.progress = (int(done), int(total))
         if message:
             self.message = message
+
+    def report(self, event: ProgressEvent) -> None:
+        """Take one engine progress report (an ``on_progress`` callback): units done, the phase, partial results."""
+        with self._lock:
+            if event.items:
+                self.partial = [*self.partial, *event.items][-MAX_PARTIAL:]
+            self.phase, self.unit = event.phase, event.unit
+            self.progress = (int(event.done), int(event.total))
+            self.message = event.detail
 
     # ------------------------------------------------------------------------------------------ reader side
 
@@ -117,7 +135,7 @@ class Job:
     def summary(self) -> dict:
         return {
             "id": self.id, "kind": self.kind, "meta": dict(self.meta), "status": self.status, "error": self.error,
-            "progress": self.progress, "message": self.message, "started": self.started, "finished": self.finished,
+            "progress": self.progress, "message": self.message, "phase": self.phase, "unit": self.unit, "started": self.started, "finished": self.finished,
             "n_events": self.n_events,
         }
 
