@@ -16,7 +16,7 @@ def add_command(sub) -> None:
     from engine.features.selection import SelectionConfig
     from engine.lm.dtypes import DTYPE_CHOICES
 
-    group = sub.add_parser("features", help="feature selection (direction search)")
+    group = sub.add_parser("features", help="feature selection (direction search) and feature-card precompute")
     inner = group.add_subparsers(dest="features_command", required=True, parser_class=Parser)
     d = inner.add_parser("direction", help="rank features by cosine with a refusal direction; write the top K as a clamp file")
     d.add_argument("--sae", action="append", default=None,
@@ -34,6 +34,11 @@ def add_command(sub) -> None:
     add_dataclass_options(d, DirectionConfig)
     add_dataclass_options(d, SelectionConfig)
     d.set_defaults(handler=cmd_direction)
+    p = inner.add_parser("precompute", help="precompute every feature card of an SAE into the card store (resumable)")
+    p.add_argument("--sae", required=True, help="SAE: default:HOOK | LOCAL_FOLDER | RELEASE/SAE_ID | tiny:HOOK")
+    p.add_argument("--model", default="default")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(handler=cmd_precompute)
 
 
 def default_saes(model: str) -> list[str]:
@@ -81,3 +86,27 @@ def cmd_direction(args) -> dict:
         extra = {"model": lm.name, "texts": out["texts"], "command": "python -m engine features direction"}
         out["out"] = str(write_direction_clamp(args.out, result, selection, extra))
     return out
+
+
+def cmd_precompute(args) -> dict:
+    """Compute, resume or reuse the card store of one SAE (``engine.features.card_precompute``); Ctrl-C keeps the
+    finished chunks, and running the same command again resumes after them."""
+    import threading
+
+    from engine.features.card_precompute import precompute_cards
+    from engine.features.corpus import card_corpus
+    from engine.lm.loading import load_model
+    from engine.lm.sae_sources import load_sae
+
+    lm = load_model(args.model, args.device)
+    sae = load_sae(args.sae, lm)
+    corpus = card_corpus(lm)
+
+    def progress(done: int, total: int, what: str) -> None:
+        logger.info("cards %d/%d %s", done, total, what)
+
+    result = precompute_cards(lm, sae, corpus, cancel=threading.Event(), progress=progress)
+    return {"store": str(result.path), "status": result.status, "reused": result.reused,
+            "resumed_chunks": result.resumed_chunks, "computed_chunks": result.computed_chunks,
+            "seconds": round(result.seconds, 2), "size_bytes": result.size_bytes, "d_sae": sae.d_sae,
+            "corpus": {"version": corpus.version, "texts": len(corpus.texts), "per_source": corpus.counts}}
