@@ -183,3 +183,30 @@ def test_gemma_scope_registry_converter_reads_the_cached_npz(hf_cache, offline):
     assert (cfg["hook_name"], cfg["model_name"], cfg["architecture"]) == ("blocks.12.hook_resid_post", "gemma-2-2b", "jumprelu")
     assert cfg["apply_b_dec_to_input"] is False
     assert state["W_enc"].shape == (2304, 8) and state["threshold"].shape == (8,)
+
+
+# --- only the SAEs a clamp set needs ----------------------------------------------------------------------------------
+
+
+def test_a_clamp_set_loads_each_needed_sae_once_and_no_other(tiny_lm, monkeypatch):
+    """20 (layer, feature) pairs over two of the tiny model's four layers, one row per pair: exactly the two SAEs
+    are loaded, once each; a shared cache reuses them."""
+    from engine.method import clamp_sets
+
+    loads: list[str] = []
+    real = clamp_sets.load_sae
+
+    def counting(spec, lm):
+        loads.append(spec)
+        return real(spec, lm)
+
+    monkeypatch.setattr(clamp_sets, "load_sae", counting)
+    pairs = [(1, f) for f in range(12)] + [(3, f) for f in range(8)]
+    rows = [{"sae": f"tiny:blocks.{layer}.hook_resid_post", "features": [f], "mode": "multiply", "values": [3.0]}
+            for layer, f in pairs]
+    cache: dict = {}
+    specs = clamp_sets.load_clamp_set(tiny_lm, rows, cache)
+    assert sum(len(s.features) for s in specs) == 20
+    assert sorted(loads) == ["tiny:blocks.1.hook_resid_post", "tiny:blocks.3.hook_resid_post"]
+    clamp_sets.load_clamp_set(tiny_lm, rows[:3], cache)
+    assert len(loads) == 2

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from engine.cli.args import add_dataclass_options, finite_float, integer, positive_int
+from engine.cli.config_option import add_config_option, apply_flips_config, config_rows
 from engine.errors import LabError
 from engine.lm.dtypes import DTYPE_CHOICES, dtype_name
 from engine.scale.config import ExecutorConfig
@@ -33,6 +34,7 @@ def add_command(sub) -> None:
     f.add_argument("--resume", action="store_true", help="continue an interrupted flips run in the same --out (same settings)")
     f.add_argument("--judge", default=None, help="JSON file of judge lists/thresholds (engine.method.judge.JudgeConfig)")
     add_dataclass_options(f, ExecutorConfig)
+    add_config_option(f, optional=("prompts",))
     f.set_defaults(handler=cmd_flips)
 
 
@@ -50,6 +52,7 @@ def cmd_flips(args) -> dict:
     from engine.store.files import prepare_run_dir, read_json
 
     # Cheap checks first, so bad input fails before the model loads.
+    config = apply_flips_config(args)  # --config fills what the flags leave out, and checks the cache
     exe = _executor(args)
     prompts = load_prompts(args.prompts, args.limit)
     run = prepare_run_dir(args.out)
@@ -63,7 +66,7 @@ def cmd_flips(args) -> dict:
                                            ("--value", args.value)) if value is not None]
         if single:
             raise LabError(f"--clamp gives the whole clamp set; drop {', '.join(single)}")
-        rows, _ = read_clamp_file(args.clamp)
+        rows = config_rows(config, args, read_clamp_file(args.clamp)[0])
     lm = load_model(args.model, args.device, args.dtype)
     if rows is not None:
         specs = load_clamp_set(lm, rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from engine.cli.args import add_dataclass_options, dataclass_from_args, float_list, integer
+from engine.cli.config_option import add_config_option, apply_recover_config
 from engine.lm.dtypes import DTYPE_CHOICES
 from engine.recovery.config import RecoveryConfig, StepEvent
 from engine.scale.config import ExecutorConfig
@@ -40,6 +41,7 @@ def add_commands(sub) -> None:
     _run_options(r)
     _record_options(r, "recovery")
     add_dataclass_options(r, RecoveryConfig)
+    add_config_option(r)
     r.set_defaults(handler=cmd_recover)
     s = sub.add_parser("sweep", help="recovery at several budgets (0 = defended model)")
     _run_options(s)
@@ -76,6 +78,7 @@ def cmd_recover(args) -> dict:
     from engine.recovery.driver import run_recovery
     from engine.store.valid_set import valid_flips
 
+    apply_recover_config(args)  # --config fills the recovery options the flags leave out
     cfg = dataclass_from_args(RecoveryConfig, args)
     exe = _executor(args)
     run, lm = _open(args, args.valid)
