@@ -179,6 +179,28 @@ def test_missing_cached_file_offline_fails_fast_naming_it(offline, tmp_path, mon
     hub_reachable.cache_clear()
 
 
+def test_online_a_missing_snapshot_is_downloaded_then_loaded_from_files(offline, tmp_path, monkeypatch):
+    """The download path stays for online users: only what is missing is fetched (configs, tokenizer, safetensors)."""
+    import huggingface_hub
+
+    from engine.lm import loading
+
+    point_hf_cache(monkeypatch, tmp_path / "empty-cache")
+    calls = []
+
+    def download(repo_id, allow_patterns, cache_dir):  # stands in for the hub: lays the snapshot into the cache
+        calls.append((repo_id, tuple(allow_patterns)))
+        return str(put_in_cache(offline["folders"]["qwen2"], Path(cache_dir), repo_id))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    monkeypatch.setattr(loading, "hub_reachable", lambda: True)
+    lm = loading.load_model("Qwen/Qwen2-0.5B", "cpu")
+    assert lm.name == "Qwen/Qwen2-0.5B" and lm.d_model == 64
+    assert calls == [("Qwen/Qwen2-0.5B", ("*.json", "*.safetensors", "tokenizer.model", "*.txt"))]
+    loading.load_model("Qwen/Qwen2-0.5B", "cpu")  # now cached: no second download
+    assert len(calls) == 1
+
+
 def test_dtype_choices_and_what_a_device_cannot_do(monkeypatch):
     from engine.lm import dtypes
     from engine.lm.loading import load_model
