@@ -46,13 +46,9 @@ if not state.presenter() and (not record.has_attribution or record.attribution_s
         exe = state.executor_or_stop()
 
         def work(j: jobs.Job, run_dir=run_dir, k=int(top_k), total=total, rec_name=record.name, resume=resume, exe=exe):
-            def on_record(rec: dict) -> None:
-                j.log(rec)
-                j.set_progress(j.n_events, total)
-
-            j.set_progress(0, total, "replaying each part under the clamp")
-            return run_attribution(run_dir, k, lm=lm, cancel=j.cancel, on_record=on_record, recovery=rec_name, resume=resume,
-                                   exe=exe)
+            j.set_progress(0, total * len(COMPONENTS), "loading")  # the engine reports each component replayed from here on
+            return run_attribution(run_dir, k, lm=lm, cancel=j.cancel, on_record=j.log, recovery=rec_name, resume=resume,
+                                   exe=exe, on_progress=j.report)
 
         job = jobs.start_job("attribution", work, meta={"run": name, "recovery": record.name})
         state.remember_job("attribution_job", job)

@@ -4,9 +4,10 @@ import streamlit as st
 
 from engine.errors import LabError
 from engine.method.flips import resume_flips_run, write_flips_run
+from engine.method.judge import JudgeConfig
 from engine.services import jobs
 from engine.store import catalogue, label_csv
-from ui import clamp_set, labelling, render, state, views
+from ui import clamp_set, labelling, render, state, verdict_views, views
 
 st.title("Flips: does the clamp make the model refuse?")
 st.caption(
@@ -50,15 +51,11 @@ if lm is not None and not state.presenter():
                          "source": "dashboard"}
 
                 def work(j: jobs.Job, prompts=prompts, specs=specs, gen=gen, judge_cfg=judge_cfg, run_dir=run_dir, extra=extra, exe=exe):
-                    j.set_progress(0, len(prompts), "generating")
+                    j.set_progress(0, 2 * len(prompts), "loading")  # the engine reports answers generated from here on
+                    return write_flips_run(lm, specs, prompts, gen, judge_cfg, run_dir, extra, j.cancel, j.log, exe=exe,
+                                           on_progress=j.report)
 
-                    def on_record(row: dict) -> None:
-                        j.log(row)
-                        j.set_progress(j.n_events, len(prompts))
-
-                    return write_flips_run(lm, specs, prompts, gen, judge_cfg, run_dir, extra, j.cancel, on_record, exe=exe)
-
-                job = jobs.start_job("flips", work, meta={"run": run_dir.name})
+                job = jobs.start_job("flips", work, meta={"run": run_dir.name, "judge": judge_cfg.to_json()})
                 state.remember_job("flips_job", job)
                 state.set_current_run(run_dir.name)
                 st.rerun()
@@ -68,7 +65,8 @@ ticking = job is not None and job.running
 if job is not None:
     st.subheader(f"Run `{job.meta.get('run')}`")
 render.live_job(job, "cancel_flips", "Stops after the current batch; finished prompts are kept.",
-                body=lambda j: views.flip_cards(j.events(), limit=50, newest_first=True) if j.running else None)
+                body=lambda j: views.flip_cards(views.streamed_records(j.events(), j.partial), limit=50, newest_first=True,
+                                                judge_cfg=JudgeConfig.from_json(j.meta.get("judge"))) if j.running else None)
 
 if not ticking:
     name = state.run_picker("Run", key="flips_run", need="flips.jsonl")
@@ -91,17 +89,13 @@ if not ticking:
             exe = state.executor_or_stop()
 
             def resume_work(j: jobs.Job, run_dir=info.path, total=n_planned, done=len(records), exe=exe):
-                j.set_progress(done, total, "resuming")
+                j.set_progress(2 * done, 2 * total, "resuming")  # the engine reports answers generated from here on
+                return resume_flips_run(run_dir, lm, j.cancel, j.log, exe=exe, on_progress=j.report)
 
-                def on_record(row: dict) -> None:
-                    j.log(row)
-                    j.set_progress(done + j.n_events, total)
-
-                return resume_flips_run(run_dir, lm, j.cancel, on_record, exe=exe)
-
-            job = jobs.start_job("flips", resume_work, meta={"run": name})
+            job = jobs.start_job("flips", resume_work, meta={"run": name, "judge": info.config.get("judge")})
             state.remember_job("flips_job", job)
             st.rerun()
+    run_judge = JudgeConfig.from_json(info.config.get("judge"))
     views.flip_summary(info.summary, records)
     if records:
         tab_label, tab_all = st.tabs(["Hand labels", "All prompts"])
@@ -115,8 +109,11 @@ if not ticking:
         with tab_all:
             only_valid = st.toggle("Valid flips only", value=False, key="only_valid")
             shown = [r for r in records if r.get("valid")] if only_valid else records
-            views.flip_cards(shown, limit=100)
+            views.flip_cards(shown, limit=100, judge_cfg=run_judge)
     else:
         st.info("This run has no records yet.")
+    verdict_views.judge_lists(run_judge, "The judge's lists and thresholds used for this run")
 else:
-    st.caption("Results appear above as they stream in; the full view (with labelling) opens when the run ends.")
+    st.caption("Results appear above as they stream in: each batch's base answers as soon as they are generated, then its "
+               "clamped answers and verdicts; the full view (with labelling) opens when the run ends.")
+    verdict_views.judge_lists(JudgeConfig.from_json(job.meta.get("judge")), "The judge's lists and thresholds used for this run")

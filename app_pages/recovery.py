@@ -3,12 +3,13 @@
 import streamlit as st
 
 from engine.errors import LabError
+from engine.method.judge import JudgeConfig
 from engine.recovery.config import RecoveryConfig
 from engine.recovery.driver import run_recovery
 from engine.recovery.sweep import run_sweep
 from engine.services import jobs
 from engine.store import catalogue
-from ui import charts, clamp_set, records, recovery_form, render, state, validate
+from ui import charts, clamp_set, records, recovery_form, render, state, validate, verdict_views
 from ui import recovery_views as rv
 
 st.title("Recovery: is the behaviour really gone?")
@@ -29,6 +30,7 @@ if state.presenter():  # replay from files only: no model, no network
     st.stop()
 lm, sae = state.try_model()  # without the run's model, results stay readable but nothing new can start
 can_run = lm is not None and state.run_model_matches(info, lm)
+run_judge = JudgeConfig.from_json(info.config.get("judge"))
 n_judged = int((info.summary or {}).get("n_valid", 0))
 
 rec_job = state.attach_job("recovery_job", "recovery", run=name)
@@ -49,13 +51,9 @@ def start_recovery(cfg: RecoveryConfig, limit: int | None, valid: str, rec_name:
     exe = state.executor_or_stop()
 
     def work(j: jobs.Job):
-        def on_event(ev) -> None:
-            j.log(ev)
-            j.set_progress(min(j.n_events, total), total, f"· prompt #{ev.prompt_id}, step {ev.step}")
-
-        j.set_progress(0, total, "resuming" if resume else "preparing")
-        return run_recovery(run_dir, cfg, lm=lm, on_event=on_event, cancel=j.cancel, limit=limit, name=rec_name,
-                            resume=resume, valid=valid, exe=exe)
+        j.set_progress(0, total, "resuming" if resume else "loading")  # the engine reports steps and its phase from here on
+        return run_recovery(run_dir, cfg, lm=lm, on_event=j.log, cancel=j.cancel, limit=limit, name=rec_name,
+                            resume=resume, valid=valid, exe=exe, on_progress=j.report)
 
     job = jobs.start_job("recovery", work, meta={"run": name, "delta_layer": cfg.delta_layer, "record": rec_name})
     state.remember_job("recovery_job", job)
@@ -86,9 +84,8 @@ if ticking:
 render.live_job(active, f"cancel_{active.kind}" if active else "cancel", "Stops within one optimisation step; finished prompts are kept.",
                 body=lambda j: rv.live_charts(j.events(), delta_layer=j.meta.get("delta_layer")))
 
-for job in (rec_job, sweep_job):
-    if job is not None and job.status == "failed" and not ticking:
-        st.error(f"The last {job.kind} failed: {job.error}")
+if rec_job is not None and rec_job.status == "failed" and not ticking:
+    st.error(f"The last recovery failed: {rec_job.error}")  # (a failed sweep is said under its button)
 
 record = records.pick(info, "recovery", "rec_record") if not (rec_job is not None and rec_job.running) else None
 if record is not None:
@@ -131,7 +128,8 @@ if record is not None:
         ids = [r["id"] for r in rows]
         pick = st.selectbox("Texts of prompt", ids, format_func=lambda i: f"#{i}", key="rec_pick")
         flips = {f["id"]: f for f in catalogue.read_records(name, "flips.jsonl")}
-        rv.texts_side_by_side(next(r for r in rows if r["id"] == pick), flips.get(pick, {}))
+        rv.texts_side_by_side(next(r for r in rows if r["id"] == pick), flips.get(pick, {}), run_judge)
+verdict_views.judge_lists(run_judge, "The judge's lists and thresholds of this run (recovered texts are judged with them)")
 
 st.subheader("Budget sweep")
 st.caption(
@@ -169,6 +167,8 @@ def start_sweep(budgets: list[float], cfg: RecoveryConfig, valid: str, limit: in
 
 if c2.button("Start sweep", key="start_sweep", disabled=active is not None or form_cfg is None or budgets is None):
     start_sweep(budgets, form_cfg, valid, None, None, False, n_valid)
+if sweep_job is not None and sweep_job.status == "failed" and not ticking:
+    st.error(f"The last sweep failed: {sweep_job.error}")  # next to the button that started it
 sweep_record = records.pick(info, "sweep", "sweep_record") if not (sweep_job is not None and sweep_job.running) else None
 if sweep_record is not None:
     if sweep_record.status != "complete" and active is None and can_run and specs is not None:

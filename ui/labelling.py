@@ -7,8 +7,10 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.errors import LabError
+from engine.method.judge import JudgeConfig
 from engine.store import agreement, label_csv, labels
 from engine.store.catalogue import run_path
+from engine.store.files import read_json_or_none
 from ui.views import flip_card
 
 LABELLER_KEY = "labeller"
@@ -72,7 +74,7 @@ def labeller(name: str, run, shown: list[dict], who: str, scope: str) -> None:
     done = sum(int(r["id"]) in mine for r in shown)
     what = {"valid": "valid flips", "all": "prompts", "disagree": "disagreements"}[scope]
     st.progress(done / len(shown), text=f"{done}/{len(shown)} {what} labelled by {who or '(no name)'} · flip {i + 1} of {len(shown)}")
-    flip_card(rec)
+    flip_card(rec, _run_judge(run))
     current = mine.get(fid)
     note_key = f"note:{name}:{who}:{fid}"
     if note_key not in st.session_state:
@@ -120,6 +122,12 @@ def labeller(name: str, run, shown: list[dict], who: str, scope: str) -> None:
              for r in shown],
             hide_index=True, width="stretch",
         )
+
+
+def _run_judge(run) -> JudgeConfig:
+    """The judge config saved with the run (its verdicts are explained with it)."""
+    config = read_json_or_none(run / "config.json") or {}
+    return JudgeConfig.from_json(config.get("judge") if isinstance(config, dict) else None)
 
 
 def _kappa_text(k: agreement.Kappa) -> str:

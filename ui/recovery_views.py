@@ -130,18 +130,28 @@ def _degenerate(reasons: list) -> bool:
     return any(str(r.get("rule", "")).startswith("degenerate") for r in reasons)
 
 
-def texts_side_by_side(rec: dict, flip: dict) -> None:
-    """Base, clamped and recovered texts with the verdicts recorded when each was judged (nothing is re-judged)."""
+def texts_side_by_side(rec: dict, flip: dict, judge_cfg=None) -> None:
+    """Base, clamped and recovered texts; each verdict badge lists the rules behind it (re-measured with the run's
+    ``judge_cfg``; a verdict that differs from the one saved when the text was judged is said so)."""
+    from engine.method.verdicts import explain_base_like, explain_degenerate, explain_non_refusal
+
     st.markdown(f"**#{rec.get('id')}** {rec.get('prompt', '')}")
     base_reasons, clamped_reasons, rec_reasons = flip.get("base_reasons", []), flip.get("clamped_reasons", []), rec.get("reasons", [])
+    base_text, recovered = rec.get("base_text", ""), rec.get("recovered_text", "")
+    rec_verdicts = [(explain_non_refusal(recovered, judge_cfg), rec.get("non_refusal")),
+                    (explain_base_like(recovered, base_text, judge_cfg), rec.get("base_like")),
+                    (explain_base_like(recovered, base_text, judge_cfg, strict=True), rec.get("strict_base_like"))]
+    deg = explain_degenerate(recovered, judge_cfg)
+    if deg.holds or rec.get("degenerate"):
+        rec_verdicts.append((deg, rec.get("degenerate")))
     panels = (
-        ("Base", rec.get("base_text", ""), base_reasons, bool(flip.get("base_refusal")), _degenerate(base_reasons)),
-        ("Clamped", rec.get("clamped_text", ""), clamped_reasons, bool(flip.get("clamped_refusal")), bool(flip.get("clamped_degenerate"))),
-        ("Recovered (clamp on, + δ)", rec.get("recovered_text", ""), rec_reasons, not rec.get("non_refusal"), bool(rec.get("degenerate"))),
+        ("Base", base_text, base_reasons, bool(flip.get("base_refusal")), _degenerate(base_reasons), None),
+        ("Clamped", rec.get("clamped_text", ""), clamped_reasons, bool(flip.get("clamped_refusal")), bool(flip.get("clamped_degenerate")), None),
+        ("Recovered (clamp on, + δ)", recovered, rec_reasons, not rec.get("non_refusal"), bool(rec.get("degenerate")), rec_verdicts),
     )
-    for col, (title, text, reasons, refusal, degenerate) in zip(st.columns(3), panels):
+    for col, (title, text, reasons, refusal, degenerate, verdicts) in zip(st.columns(3), panels):
         with col:
-            render.text_panel(title, text, reasons, refusal, degenerate)
+            render.text_panel(title, text, reasons, refusal, degenerate, verdicts=verdicts, judge_cfg=judge_cfg)
 
 
 def sweep_rows(sweep: dict) -> list[dict]:

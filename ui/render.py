@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from engine.services import jobs
+
+if TYPE_CHECKING:
+    from engine.method.judge import JudgeConfig
+    from engine.method.verdicts import Explanation
 
 RULE_COLOURS = {
     "refusal_statement": "#ffc9c9",
@@ -85,8 +90,26 @@ def verdict_line(refusal: bool, degenerate: bool = False) -> str:
     return ":red[**refusal**]" if refusal else ":green[**answers**]"
 
 
-def text_panel(title: str, text: str, reasons: list[dict] | None, refusal: bool | None = None, degenerate: bool = False) -> None:
-    st.markdown(f"**{title}**" + (f" — {verdict_line(refusal, degenerate)}" if refusal is not None else ""))
+def text_panel(title: str, text: str, reasons: list[dict] | None, refusal: bool | None = None, degenerate: bool = False,
+               verdicts: Sequence[tuple[Explanation, bool | None]] | None = None, judge_cfg: JudgeConfig | None = None) -> None:
+    """A judged text: its title, a badge per verdict that lists the rules that decided it, the highlighted text.
+
+    ``verdicts``: (explanation, verdict saved when judged) pairs; by default, when ``refusal`` is given, the refusal
+    verdict (and degenerate, when it holds) explained with ``judge_cfg``.
+    """
+    from engine.method.verdicts import explain_degenerate, explain_refusal
+    from ui.verdict_views import badge
+
+    if verdicts is None:
+        verdicts = []
+        if refusal is not None:
+            verdicts.append((explain_refusal(text, judge_cfg), bool(refusal)))
+            deg = explain_degenerate(text, judge_cfg)
+            if deg.holds or degenerate:
+                verdicts.append((deg, bool(degenerate) if degenerate else None))
+    st.markdown(f"**{title}**")
+    for ex, recorded in verdicts:
+        badge(ex, recorded)
     st.html(highlighted(text, reasons))
 
 
@@ -94,11 +117,14 @@ def job_status(job) -> None:
     """One line about a background job: state, progress, elapsed time, error."""
     took = f"{job.elapsed:.0f} s"
     if job.status == "running":
+        phase = getattr(job, "phase", "") or ""
+        unit = getattr(job, "unit", "") or ""
         if job.progress and job.progress[1]:
             done, total = job.progress
-            st.progress(min(1.0, done / total), text=f"{job.kind}: {done}/{total} · {took} {job.message}")
+            parts = [f"{job.kind}" + (f" — {phase}" if phase else ""), f"{done}/{total}" + (f" {unit}" if unit else ""), took, job.message]
+            st.progress(min(1.0, done / total), text=" · ".join(p for p in parts if p))
         else:
-            st.info(f"{job.kind} running · {took} {job.message}")
+            st.info(" · ".join(p for p in (f"{job.kind} running" + (f" — {phase}" if phase else ""), took, job.message) if p))
     elif job.status == "done":
         st.success(f"{job.kind} finished in {took}")
     elif job.status == "cancelled":

@@ -99,21 +99,40 @@ def flip_summary(summary: dict | None, records: list[dict]) -> None:
         st.warning("This run was cancelled before it finished; the counts cover the prompts it did.")
 
 
-def flip_card(rec: dict) -> None:
+def flip_card(rec: dict, judge_cfg: JudgeConfig | None = None) -> None:
+    """One prompt: the valid-flip verdict and the base and clamped texts, each verdict with the rules that decided it.
+
+    A record whose clamped answer is still being generated (``clamped_text`` absent) shows its base answer only.
+    """
+    from engine.method.verdicts import explain_valid_flip
+    from ui.verdict_views import badge
+
+    pending = "clamped_text" not in rec
     with st.container(border=True):
-        tag = " · :green[valid flip]" if rec.get("valid") else ""
-        st.markdown(f"**#{rec.get('id')}** {rec.get('prompt', '')}{tag}")
+        st.markdown(f"**#{rec.get('id')}** {rec.get('prompt', '')}")
+        if not pending:
+            badge(explain_valid_flip(rec.get("base_text", ""), rec.get("clamped_text", ""), judge_cfg), rec.get("valid"))
         left, right = st.columns(2)
         with left:
-            render.text_panel("Base", rec.get("base_text", ""), rec.get("base_reasons"), rec.get("base_refusal"))
+            render.text_panel("Base", rec.get("base_text", ""), rec.get("base_reasons"), rec.get("base_refusal"), judge_cfg=judge_cfg)
         with right:
-            render.text_panel("Clamped", rec.get("clamped_text", ""), rec.get("clamped_reasons"), rec.get("clamped_refusal"),
-                              rec.get("clamped_degenerate", False))
+            if pending:
+                st.markdown("**Clamped**")
+                st.caption("generating the clamped answer of this batch…")
+            else:
+                render.text_panel("Clamped", rec.get("clamped_text", ""), rec.get("clamped_reasons"), rec.get("clamped_refusal"),
+                                  rec.get("clamped_degenerate", False), judge_cfg=judge_cfg)
 
 
-def flip_cards(records: list[dict], limit: int = 100, newest_first: bool = False) -> None:
+def streamed_records(records: list[dict], partial: list[dict]) -> list[dict]:
+    """Finished records, then the base answers (``partial``) whose clamped answers are still being generated."""
+    done = {r.get("id") for r in records}
+    return list(records) + [p for p in partial if p.get("id") not in done]
+
+
+def flip_cards(records: list[dict], limit: int = 100, newest_first: bool = False, judge_cfg: JudgeConfig | None = None) -> None:
     rows = list(reversed(records)) if newest_first else list(records)
     for rec in rows[:limit]:
-        flip_card(rec)
+        flip_card(rec, judge_cfg)
     if len(rows) > limit:
         st.caption(f"… {len(rows) - limit} more (export the run from the Runs page to see all).")
