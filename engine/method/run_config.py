@@ -269,6 +269,8 @@ def missing_downloads(cfg: RunConfig, rows: list[dict] | None, search: bool = Fa
     return missing
 
 
-def config_files(folder: Path = CONFIG_DIR) -> list[Path]:
-    """The configuration files in ``folder`` (the dashboard's list), by name; clamp files (``*.clamp.json``) left out."""
+def config_files(folder: Path | None = None) -> list[Path]:
+    """The configuration files in ``folder`` (default :data:`CONFIG_DIR`; the dashboard's list), by name; clamp files
+    (``*.clamp.json``) left out."""
+    folder = CONFIG_DIR if folder is None else folder
     return sorted(p for p in folder.glob("*.json") if not p.name.endswith(".clamp.json")) if folder.is_dir() else []
