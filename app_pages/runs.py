@@ -1,5 +1,5 @@
-"""Step 6: every saved run — open, compare two, export as a zip, charts as PNG/SVG for slides, delete to the trash and
-restore from it."""
+"""Step 6: every saved run — open, compare recoveries on one chart (and two runs side by side), export as a zip, charts
+as PNG/SVG for slides, delete to the trash and restore from it."""
 
 import json
 
@@ -8,7 +8,7 @@ import streamlit as st
 
 from engine.errors import LabError
 from engine.store import catalogue, labels
-from ui import records, run_views, state
+from ui import compare, records, run_views, state
 
 st.title("Runs")
 st.caption(f"Saved under `{catalogue.runs_root().resolve()}` (set `SAE_LAB_DATA` to move it). CLI runs written there show up too.")
@@ -20,9 +20,12 @@ if not runs:
     run_views.trash_section()
     st.stop()
 
-st.dataframe(pd.DataFrame([run_views.run_row(r) for r in runs]), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame([run_views.run_row(r) for r in runs]), hide_index=True, width="stretch",
+             column_config=run_views.RUN_COLUMNS)
 names = [r.name for r in runs]
-tab_open, tab_compare, tab_export, tab_delete = st.tabs(["Open", "Compare two", "Export", "Delete"])
+# Bound to the URL (?runs_tab=Compare), so a link reopens a tab; every tab is still drawn on each run.
+tab_open, tab_compare, tab_export, tab_delete = st.tabs(["Open", "Compare", "Export", "Delete"], key=compare.TAB_KEY,
+                                                        bind="query-params")
 
 with tab_open:
     name = state.run_picker("Run", key="runs_open", need="config.json")
@@ -34,15 +37,15 @@ with tab_open:
     c1, c2 = st.columns(2)
     with c1:
         st.markdown("**Settings** (`config.json`)")
-        st.json({k: v for k, v in info.config.items() if k != "judge"}, expanded=False)
+        run_views.readable_table({k: v for k, v in info.config.items() if k != "judge"}, "runs_settings")
         st.markdown("**Hand labels:** " + ", ".join(f"{k} {v}" for k, v in labels.label_counts(name).items()))
     with c2:
         record = records.pick(info, "recovery", f"runs_record:{name}")  # every recovery of the run is kept
         for title, data in (("Flips summary", info.summary), ("Recovery summary", record.summary if record else None),
                             ("Attribution summary", record.attribution_summary if record else None)):
             if data:
-                st.markdown(f"**{title}**")
-                st.json(data, expanded=False)
+                with st.expander(title):
+                    run_views.readable_table(data, f"runs_{title}")
         if record is not None:
             records.delete_button(info, record, f"runs_record_delete:{name}")
     st.markdown("**Files:** " + ", ".join(sorted(p.name for p in info.path.iterdir())))
@@ -50,20 +53,12 @@ with tab_open:
     run_views.chart_downloads(info, record)
 
 with tab_compare:
+    compare.records_section()
+    st.subheader("Two runs side by side")
     if len(names) < 2:
-        st.info("Compare needs two runs.")
+        st.info("Comparing runs needs two runs.")
     else:
-        c1, c2 = st.columns(2)
-        a = c1.selectbox("Run A", names, index=0, key="cmp_a")
-        b = c2.selectbox("Run B", names, index=1, key="cmp_b")
-        only_diff = st.toggle("Differences only", value=True, key="cmp_diff")
-        try:
-            rows = catalogue.compare_runs(a, b)
-            shown = [r for r in rows if not r["same"]] if only_diff else rows
-            st.dataframe(pd.DataFrame(shown, columns=["field", "a", "b", "same"]).astype({"a": str, "b": str}),
-                         hide_index=True, width="stretch")
-        except LabError as exc:
-            st.error(str(exc))
+        compare.runs_section(names)
 
 with tab_export:
     name_x = st.selectbox("Run to export", names, key="export_run")

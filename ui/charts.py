@@ -185,3 +185,48 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
     import vl_convert as vlc
 
     return vlc.vegalite_to_svg(chart.to_json())
+
+
+# ------------------------------------------------------------------------------------------------ comparing records
+
+
+def compare_chart(steps: list[dict], sweeps: list[dict], records: list[str], height: int = 240) -> alt.TopLevelMixin:
+    """Several records on one chart with one shared legend (a colour per record): loss and drift per step (the mean over
+    each recovery's prompts, a band from its lowest to its highest prompt) and recovery against budget (one dash per
+    rate, Wilson 95 % intervals). Panels without data are left out."""
+    color = alt.Color("record:N", title="record", scale=alt.Scale(domain=records, scheme="tableau10"),
+                      legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=600, symbolType="stroke",
+                                        symbolStrokeWidth=3))
+    sdf = pd.DataFrame(steps or [], columns=["record", "metric", "step", "mean", "min", "max", "prompts"])
+    panels = []
+    for metric, title in (("loss", "Loss per step"), ("drift", "Drift of the clamped features per step")):
+        part = sdf[sdf["metric"] == metric]
+        if part.empty:
+            continue
+        base = alt.Chart(part, title=title).encode(x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)), color=color)
+        band = base.mark_area(opacity=0.12).encode(y=alt.Y("min:Q", title=metric), y2="max:Q")
+        line = base.mark_line(point=len(part) < 80).encode(
+            y=alt.Y("mean:Q", title=f"{metric} (mean over prompts)"),
+            tooltip=["record", "step", alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("min:Q", format=".4g"),
+                     alt.Tooltip("max:Q", format=".4g"), "prompts"])
+        panels.append((band + line).properties(height=height, width=340))
+    wdf = pd.DataFrame(sweeps or [], columns=["record", "metric", "budget", "rate", "lo", "hi", "k", "n"])
+    if not wdf.empty:
+        base = alt.Chart(wdf, title="Recovery against budget (Wilson 95 % intervals)").encode(
+            x=alt.X("budget:Q", title="budget ‖δ‖"), color=color)
+        line = base.mark_line(point=True).encode(
+            y=alt.Y("rate:Q", title="rate", scale=alt.Scale(domain=[0, 1])),
+            strokeDash=alt.StrokeDash("metric:N", title="rate"),
+            tooltip=["record", "metric", "budget", alt.Tooltip("rate:Q", format=".2f"), "k", "n"])
+        bars = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title="rate"), y2="hi:Q")
+        panels.append((line + bars).properties(height=height, width=340))
+    if not panels:
+        return alt.Chart(pd.DataFrame({"record": records}), title="Nothing to chart yet").mark_point().encode(color=color)
+    return alt.hconcat(*panels).resolve_scale(color="shared")
+
+
+def presenter_style(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
+    """Large axes, titles and legends for a projector (presenter mode); apply to a finished top-level chart."""
+    return (chart.configure_axis(labelFontSize=18, titleFontSize=21, tickSize=8)
+            .configure_title(fontSize=26, anchor="start")
+            .configure_legend(labelFontSize=18, titleFontSize=19, symbolSize=160))

@@ -13,18 +13,49 @@ from ui import recovery_views as rv
 
 
 def run_row(info) -> dict:
-    """One line of the runs table, read from the run's config and summaries."""
+    """One line of the runs table, read from the run's config and summaries (short values: see :data:`RUN_COLUMNS`)."""
     s, r = info.summary or {}, info.recovery_summary or {}
     clamps = info.config.get("clamps") or []
     nr = (r.get("ci") or {}).get("non_refusal")
+    sae = str(info.config.get("sae") or "")
     return {
-        "run": info.name, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created)),
-        "model": info.config.get("model_id") or info.config.get("model"), "sae": info.config.get("sae"),
-        "features": sum(len(c.get("features", [])) for c in clamps), "mode": ", ".join(sorted({str(c.get("mode")) for c in clamps})),
-        "seed": info.config.get("seed"), "prompts": s.get("n_prompts"), "valid flips": s.get("n_valid"),
+        "run": info.name, "created": time.strftime("%m-%d %H:%M", time.localtime(info.created)),
+        "model": info.config.get("model_id") or info.config.get("model"), "sae": sae.removeprefix("default:"),
+        "clamp": f"{sum(len(c.get('features', [])) for c in clamps)} · {', '.join(sorted({str(c.get('mode')) for c in clamps}))}"
+        if clamps else None,
+        "prompts": s.get("n_prompts"), "valid flips": s.get("n_valid"),
         "non-refusal recovery": f"{nr['k']}/{nr['n']}" if nr else None, "mean drift": r.get("mean_drift"),
         "recoveries": len(info.recoveries), "attribution": bool(info.attribution_summary), "sweeps": len(info.sweeps),
     }
+
+
+RUN_COLUMNS = {
+    "run": st.column_config.TextColumn("run", width="medium", pinned=True),
+    "created": st.column_config.TextColumn("created", width=88),
+    "model": st.column_config.TextColumn("model", width="small"),
+    "sae": st.column_config.TextColumn("SAE", width="small", help="The run's first SAE (hook); `default:` shipped SAEs without the prefix"),
+    "clamp": st.column_config.TextColumn("clamp", width=70, help="Clamped features · modes, over every clamped layer"),
+    "prompts": st.column_config.NumberColumn("prompts", width=62),
+    "valid flips": st.column_config.NumberColumn("valid", width=50, help="Valid flips (the judge's)"),
+    "non-refusal recovery": st.column_config.TextColumn("recovered", width=76, help="Non-refusal recovery of the newest recovery (k/n)"),
+    "mean drift": st.column_config.NumberColumn("drift", width=70, format="%.1e", help="Mean drift of the clamped features, newest recovery"),
+    "recoveries": st.column_config.NumberColumn("recov.", width=56, help="Recovery records of the run"),
+    "attribution": st.column_config.CheckboxColumn("attr.", width=44, help="Whether a recovery has an attribution"),
+    "sweeps": st.column_config.NumberColumn("sweeps", width=56),
+}
+"""The runs table's columns: short headers (the full words in the tooltips) and widths that fit the page."""
+
+
+def readable_table(data: dict, key: str) -> None:
+    """A config or summary as a two-column table of readable values (``engine.store.compare.readable``), not JSON."""
+    import pandas as pd
+
+    from engine.store.compare import readable
+
+    rows = [{"setting": k.replace("_", " "), "value": readable(v)} for k, v in (data or {}).items()]
+    st.dataframe(pd.DataFrame(rows, columns=["setting", "value"]), hide_index=True, width="stretch", key=key,
+                 column_config={"setting": st.column_config.TextColumn("setting", width="medium"),
+                                "value": st.column_config.TextColumn("value", width="large")})
 
 
 def run_charts(info, record=None) -> list[tuple[str, object]]:
