@@ -7,7 +7,7 @@ from engine.method.flips import resume_flips_run, write_flips_run
 from engine.method.judge import JudgeConfig
 from engine.services import jobs
 from engine.store import catalogue, label_csv
-from ui import clamp_set, config_loader, labelling, render, state, verdict_views, views
+from ui import clamp_set, config_loader, flip_features, labelling, render, state, verdict_views, views
 
 st.title("Flips: does the clamp make the model refuse?")
 st.caption(
@@ -78,7 +78,7 @@ if not ticking:
         records = catalogue.read_records(name, "flips.jsonl")
         info = catalogue.get_run(name)
     except LabError as exc:
-        st.error(str(exc))
+        st.error(render.ui_words(str(exc)))
         st.stop()
     if info.config.get("clamps"):
         st.caption(f"Clamps of this run: {clamp_set.run_clamps_text(info.config)}")
@@ -111,6 +111,7 @@ if not ticking:
             only_valid = st.toggle("Valid flips only", value=False, key="only_valid")
             shown = [r for r in records if r.get("valid")] if only_valid else records
             views.flip_cards(shown, limit=100, judge_cfg=run_judge)
+            flip_features.flip_feature_section(info.config, shown)
     else:
         st.info("This run has no records yet.")
     verdict_views.judge_lists(run_judge, "The judge's lists and thresholds used for this run")

@@ -276,6 +276,38 @@ def save_preset(lm, name: str) -> Path:
     from engine.method import presets
     from engine.method.clamp_sets import write_clamp_file
 
+    check_preset_name(name)
     path = presets.preset_file(name or "")
     built = specs(lm)
     return write_clamp_file(path, built, {"model": lm.name, "note": f"saved from the dashboard: {_layers_text([s.to_json() for s in built])}"})
+
+
+def check_preset_name(name: str | None) -> str:
+    """A preset name is a name, not a path: ``/``, ``\\`` and ``..`` are refused (never quietly cut to a file name)."""
+    name = (name or "").strip()
+    if any(sep in name for sep in ("/", "\\")) or name.startswith(".") or ".." in name:
+        raise LabError(f"the preset name {name!r} looks like a path; use a plain name of letters, digits, - and _ "
+                       "(e.g. refusal-top10-x2): presets are always saved in the lab's presets folder")
+    return name
+
+
+SAVE_MESSAGE = "preset_save_message"
+"""Session key of the last Save preset outcome, shown under the button on the rerun."""
+
+
+def save_preset_clicked(lm) -> None:
+    """The Save preset button's callback: it runs before the page is drawn, so the Load list already has the new preset."""
+    name = st.session_state.get("preset_name", "")
+    try:
+        path = save_preset(lm, name)
+        st.session_state[SAVE_MESSAGE] = ("success", f"Saved {path.name} (every row); it is in the Preset list above. "
+                                                     f"Command-line runs can use it as their clamp file: `{path}`.")
+    except LabError as exc:
+        st.session_state[SAVE_MESSAGE] = ("error", f"Not saved: {exc}")
+
+
+def show_save_message() -> None:
+    """The outcome of the last Save preset click, once."""
+    found = st.session_state.pop(SAVE_MESSAGE, None)
+    if found:
+        (st.success if found[0] == "success" else st.error)(found[1])

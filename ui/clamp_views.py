@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.errors import LabError
-from ui import clamp_set, state
+from ui import clamp_set, feature_link, state
 
 MODE_HELP = "set: z_S := value · multiply: z_S := value × z_S · zero: z_S := 0"
 
@@ -90,6 +90,8 @@ def clamp_editor(lm, sidebar_sae) -> None:
                 st.error(f"SAE {spec}: {exc}")
                 sae = None
             edited = _table(row, sae, mode, f"clamp_table:{v}:{rid}")
+            if sae is not None and row["features"]:
+                feature_link.picker(row["features"], row["sae"], f"clamp_card:{rid}")
             changed = spec != row["sae"] or mode != row["mode"]
             st.caption(f"#{i} · {clamp_set.sae_label(row['sae'])} · {len(row['features'])} features · mode **{row['mode']}**"
                        + (f" · d_sae {sae.d_sae}" if sae is not None else "") + (" · *changes not applied yet*" if changed else ""))
@@ -144,10 +146,5 @@ def presets_section(lm, sae) -> None:
         else:
             st.caption("No presets for this model yet.")
         name = st.text_input("Save the current clamp set as", key="preset_name", placeholder="e.g. refusal-top10-x2")
-        if st.button("Save preset", key="preset_save"):
-            try:
-                path = clamp_set.save_preset(lm, name)
-                st.success(f"Saved {path.name} (every row). The command line reads it too: "
-                           f"`python -m engine flips --clamp {path}`.")
-            except LabError as exc:
-                st.error(f"Not saved: {exc}")
+        st.button("Save preset", key="preset_save", on_click=clamp_set.save_preset_clicked, args=(lm,))
+        clamp_set.show_save_message()

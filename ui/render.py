@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -44,8 +45,29 @@ BASE_CSS = """
              background: #fcfcfd; max-height: 16rem; overflow-y: auto; }
 .flip-text mark { border-radius: 3px; padding: 0 2px; }
 .badge { display: inline-block; border-radius: 10px; padding: 0 8px; margin: 0 4px 4px 0; font-size: 0.78rem; }
+[data-testid="stSidebar"] [data-testid="stCaptionContainer"], [data-testid="stSidebar"] code { overflow-wrap: anywhere; }
 </style>
 """
+
+
+FLAG_WORDS = {
+    "--sae": "the SAE", "--features": "the feature indices", "--value": "the value", "--mode": "the mode", "--clamp": "the clamp set",
+    "--top-k": "k (top changed features)", "--resume": "Resume", "--limit": "How many prompts", "--prompts": "the prompt source",
+    "--max-new-tokens": "Max new tokens", "--batch-size": "Batch size", "--seed": "Seed", "--budget": "the budget",
+    "--budgets": "Budgets", "--delta-layer": "the δ layer", "--valid": "the valid set", "--name": "the recovery name",
+    "--recovery": "the recovery", "--model": "the model", "--device": "Device", "--dtype": "the number format",
+    "--out": "the run folder", "--run": "the run", "--judge": "the judge's lists",
+}
+"""Command-line flags in engine messages → the words the pages use for the same setting."""
+_CLI_SNIPPET = re.compile(r"`?python -m engine[^`.;)]*`?")
+_ANY_FLAG = re.compile(r"--([a-z][a-z0-9-]*)")
+
+
+def ui_words(message: str) -> str:
+    """An engine message in page words: a command-line snippet becomes "the command line", a ``--flag`` the page's
+    name for that setting (``--top-k`` → "k (top changed features)"), so no page message shows a ``--flag``."""
+    text = _CLI_SNIPPET.sub("the command line", str(message))
+    return _ANY_FLAG.sub(lambda m: FLAG_WORDS.get(m.group(0), m.group(1).replace("-", " ")), text)
 
 
 def apply_presenter_style(on: bool) -> None:
@@ -130,7 +152,7 @@ def job_status(job) -> None:
     elif job.status == "cancelled":
         st.warning(f"{job.kind} was cancelled after {took}; what it finished is saved")
     else:
-        st.error(f"{job.kind} failed: {job.error}")
+        st.error(f"{job.kind} failed: {ui_words(job.error or '')}")
 
 
 def live_job(job: jobs.Job | None, cancel_key: str, cancel_help: str, body: Callable[[jobs.Job], None] | None = None) -> None:

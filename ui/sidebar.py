@@ -50,6 +50,19 @@ def _sae_options(model_name: str) -> tuple[list[str], dict[str, str]]:
     return options, captions
 
 
+def sae_label(spec: str) -> str:
+    """A short label for the narrow SAE box: ``default:blocks.15.hook_resid_post`` → ``layer 15 · resid_post (shipped)``."""
+    if spec == "default":
+        return "tiny random SAE"
+    if spec.startswith("default:blocks."):
+        parts = spec.removeprefix("default:blocks.").split(".", 1)
+        if len(parts) == 2 and parts[0].isdigit():
+            return f"layer {parts[0]} · {parts[1].removeprefix('hook_')} (shipped)"
+    if "/" in spec and len(spec) > 34:  # a registry release/sae_id: its end tells the choices apart
+        return "…" + spec[-33:]
+    return spec
+
+
 def render_sidebar() -> None:
     """Draw the sidebar; choices land in ``st.session_state`` (see ``ui.state``)."""
     sb = st.sidebar
@@ -66,9 +79,10 @@ def render_sidebar() -> None:
         # A previous choice that does not fit the new model falls back to the first option.
         if st.session_state.get(state.SAE_KEY) not in options:
             st.session_state.pop(state.SAE_KEY, None)
-        choice = st.selectbox("SAE", options, key=state.SAE_KEY, bind="query-params",
+        choice = st.selectbox("SAE", options, key=state.SAE_KEY, bind="query-params", format_func=sae_label,
                               help="Shipped default SAEs, the sae_lens registry for this model, or a local folder.")
-        st.caption(captions.get(choice, ""))
+        # the box is narrow: the full name of the choice, wrapped, under it
+        st.caption(f"`{choice}` — {captions.get(choice, '')}" if choice != state.LOCAL_CHOICE else captions.get(choice, ""))
         if choice == state.LOCAL_CHOICE:
             st.text_input("SAE folder", key=state.LOCAL_SAE_KEY, bind="query-params", placeholder="/path/to/sae (cfg.json + safetensors)")
     _executor(sb, presenter)
@@ -99,10 +113,8 @@ def _status(sb, compact: bool = False) -> None:
     import torch
 
     name, device = state.model_choice()
-    hub = state.hub_status()
     gpu = torch.cuda.is_available()
-    hub_text = "checking…" if hub is None else "reachable" if hub else "offline"
-    lines = [f"**Hub:** {hub_text} · **GPU:** {'yes' if gpu else 'no'}"]
+    lines = []
     try:
         lm = state.get_lm()
         lines.insert(0, f"**Model:** {lm.name} on `{lm.device}`")
@@ -115,4 +127,26 @@ def _status(sb, compact: bool = False) -> None:
         sb.error(f"Model {name!r} ({device}): {exc}")
     except MemoryError:
         sb.error("Out of memory while loading the model; pick a smaller one.")
-    sb.markdown("  \n".join(lines) if not compact else lines[0])
+    if lines and not compact:
+        sb.markdown("  \n".join(lines))
+    with sb:
+        _hub_line(gpu)
+
+
+def hub_text(hub: bool | None) -> str:
+    return "checking…" if hub is None else "reachable" if hub else "offline (unreachable)"
+
+
+def _hub_line(gpu: bool) -> None:
+    """The hub line, redrawn every second while the background check runs, so it never says "checking…" after the
+    check has answered (the server log says so at the same moment)."""
+    checking = state.hub_status() is None
+
+    @st.fragment(run_every=1.0 if checking else None)
+    def line() -> None:
+        hub = state.hub_status()
+        st.markdown(f"**Hub:** {hub_text(hub)} · **GPU:** {'yes' if gpu else 'no'}")
+        if checking and hub is not None:
+            st.rerun()  # once: the whole app, so the line stops polling
+
+    line()

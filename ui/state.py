@@ -205,7 +205,9 @@ def shown_errors(what: str = "") -> Iterator[None]:
     try:
         yield
     except LabError as exc:
-        st.error(f"{what}: {exc}" if what else str(exc))
+        from ui.render import ui_words  # page words, never --flags
+
+        st.error(f"{what}: {ui_words(str(exc))}" if what else ui_words(str(exc)))
     except MemoryError:
         st.error("Out of memory: try fewer prompts, a smaller batch or a smaller model.")
     except Exception as exc:

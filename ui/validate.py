@@ -258,10 +258,21 @@ def feature_list(where, text: str, sae, form: Form, key: str) -> list[int] | Non
     from engine.features.search import check_feature
     from engine.method.presets import parse_features
 
-    if (text or "").strip().lower() == "auto":
-        form.refuse(key, "“auto” means the SAE's shipped preset, not a list of indices: load it under **Presets** below, "
-                         "or type indices such as 3, 17, 42.", where)
-        return None
+    if (text or "").strip().lower() == "auto":  # as on the command line: the features of the SAE's shipped preset
+        from engine.method.presets import load_preset, preset_path
+
+        path = preset_path(sae)
+        if path is None:
+            form.refuse(key, "“auto” means the SAE's shipped preset, and this SAE has none: type indices such as 3, 17, 42.", where)
+            return None
+        try:
+            feats = [check_feature(sae, f) for f in load_preset(path, sae).features]
+        except LabError as exc:
+            form.refuse(key, f"“auto” means the SAE's shipped preset, which cannot be used: {page_message(exc, 'Feature indices')}", where)
+            return None
+        where.caption(f"auto: the {len(feats)} features of the SAE's shipped preset ({', '.join(map(str, feats[:12]))}"
+                      f"{' …' if len(feats) > 12 else ''}), with the value typed here.")
+        return feats
     try:
         feats = parse_features(text or "")
         return [check_feature(sae, f) for f in feats]
