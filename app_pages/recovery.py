@@ -85,7 +85,7 @@ render.live_job(active, f"cancel_{active.kind}" if active else "cancel", "Stops 
                 body=lambda j: rv.live_charts(j.events(), delta_layer=j.meta.get("delta_layer")))
 
 if rec_job is not None and rec_job.status == "failed" and not ticking:
-    st.error(f"The last recovery failed: {rec_job.error}")  # (a failed sweep is said under its button)
+    st.error(f"The last recovery failed: {render.ui_words(rec_job.error or '')}")  # (a failed sweep is said under its button)
 
 record = records.pick(info, "recovery", "rec_record") if not (rec_job is not None and rec_job.running) else None
 if record is not None:
@@ -101,7 +101,7 @@ if record is not None:
     try:
         rows = catalogue.read_records(name, "recovery.jsonl", record.name)
     except LabError as exc:
-        st.error(str(exc))
+        st.error(render.ui_words(str(exc)))
         rows = []
     if record.summary:
         cfg_used = record.summary.get("config") or {}
@@ -168,7 +168,7 @@ def start_sweep(budgets: list[float], cfg: RecoveryConfig, valid: str, limit: in
 if c2.button("Start sweep", key="start_sweep", disabled=active is not None or form_cfg is None or budgets is None):
     start_sweep(budgets, form_cfg, valid, None, None, False, n_valid)
 if sweep_job is not None and sweep_job.status == "failed" and not ticking:
-    st.error(f"The last sweep failed: {sweep_job.error}")  # next to the button that started it
+    st.error(f"The last sweep failed: {render.ui_words(sweep_job.error or '')}")  # next to the button that started it
 sweep_record = records.pick(info, "sweep", "sweep_record") if not (sweep_job is not None and sweep_job.running) else None
 if sweep_record is not None:
     if sweep_record.status != "complete" and active is None and can_run and specs is not None:
