@@ -12,7 +12,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float, Int
+from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.utilities.activation_functions import apply_softcap
 
 from engine.errors import LabError
 from engine.lm.models import Batch, LoadedModel
@@ -85,39 +88,74 @@ def generate(
         batch = lm.batch([ids[i] for i in rows])
         hooks = extra_hooks(rows, batch) if extra_hooks else ()
         gen = torch.Generator(device=lm.device).manual_seed(cfg.seed + start)
-        with clamped(lm, specs, hooks), torch.no_grad():
-            out, stops = _decode_batch(lm, batch, cfg, stop, gen)
-        for row, toks, stop_id in zip(rows, out, stops):
+        with clamped(lm, specs, hooks), torch.inference_mode():
+            decoded = _decode_batch(lm, batch, cfg, stop, gen)
+        for row, toks, stop_id in zip(rows, decoded.answers, decoded.stops):
             yield Generated(index=row, text=lm.decode(toks), token_ids=toks, stop_id=stop_id)
+
+
+@dataclass
+class DecodedBatch:
+    """The answers of one batch, in row order."""
+
+    answers: list[list[int]]
+    """Generated token ids per row, without the stop token."""
+    stops: list[int | None]
+    """The stop token that ended each row, None when ``max_new_tokens`` cut it off."""
+
+
+def _next_logits(
+    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], mask: Int[torch.Tensor, "batch pos"],
+    cache: TransformerLensKeyValueCache,
+) -> Float[torch.Tensor, "batch d_vocab"]:
+    """Logits of the last position only: every block runs (and every hook fires) on all positions, but the final
+    norm and the unembedding only on the last one (the prompt pass otherwise unembeds every prompt position)."""
+    resid = model(tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)[:, -1:]
+    if model.cfg.normalization_type is not None:
+        resid = model.ln_final(resid)  # [batch, 1, d_model]
+    return apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)[:, -1]
 
 
 def _decode_batch(
     lm: LoadedModel, batch: Batch, cfg: GenerationConfig, stop: torch.Tensor, gen: torch.Generator
-) -> tuple[list[list[int]], list[int | None]]:
+) -> DecodedBatch:
+    """KV-cache decoding of one left-padded batch; the picked tokens stay on the device until the batch ends.
+
+    A row that stopped keeps being fed its own argmax (it is never read again), so a batch decodes until its longest
+    answer ends; finished rows are marked in a token table, read back once at the end (no per-token host sync but
+    the one that ends the loop early).
+    """
     model = lm.model
     n = batch.tokens.shape[0]
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, lm.device, n)
-    logits = model(batch.tokens, attention_mask=batch.attention_mask, past_kv_cache=cache)[:, -1]  # [batch, d_vocab]
+    table = torch.full((n, cfg.max_new_tokens), -1, dtype=torch.long, device=lm.device)  # -1: after the row stopped
     done = torch.zeros(n, dtype=torch.bool, device=lm.device)
-    answers: list[list[int]] = [[] for _ in range(n)]
-    stops: list[int | None] = [None] * n
     ones = torch.ones((n, 1), dtype=torch.long, device=lm.device)
+    logits = _next_logits(model, batch.tokens, batch.attention_mask, cache)  # [batch, d_vocab]
     for step in range(cfg.max_new_tokens):
         if cfg.do_sample:
             probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
             nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
         else:
             nxt = logits.argmax(dim=-1)
-        is_stop = torch.isin(nxt, stop)
-        for i in range(n):
-            if done[i]:
-                continue
-            if is_stop[i]:
-                stops[i] = int(nxt[i])
-            else:
-                answers[i].append(int(nxt[i]))
-        done |= is_stop
-        if bool(done.all()) or step == cfg.max_new_tokens - 1:
+        table[:, step] = torch.where(done, -1, nxt)
+        done |= torch.isin(nxt, stop)
+        if step == cfg.max_new_tokens - 1 or bool(done.all()):
             break
-        logits = model(nxt[:, None], attention_mask=ones, past_kv_cache=cache)[:, -1]
-    return answers, stops
+        logits = _next_logits(model, nxt[:, None], ones, cache)
+    stop_set = {int(s) for s in stop.tolist()}
+    answers: list[list[int]] = []
+    stops: list[int | None] = []
+    for row in table.tolist():
+        toks: list[int] = []
+        stop_id = None
+        for t in row:
+            if t < 0:
+                break
+            if t in stop_set:
+                stop_id = t
+                break
+            toks.append(t)
+        answers.append(toks)
+        stops.append(stop_id)
+    return DecodedBatch(answers, stops)
