@@ -248,6 +248,23 @@ def test_bfloat16_splice_and_one_recovery_step():
     assert result.rows.abs().sum() > 0  # δ moved
 
 
+def test_a_run_records_its_resolved_dtype_and_reopens_with_it(tmp_path, capsys):
+    from engine.cli.main import main
+    from engine.method.flips import resume_flips_run
+    from engine.store.context import open_run
+
+    run = tmp_path / "run"
+    assert main(["flips", "--model", "tiny", "--dtype", "bfloat16", "--device", "cpu", "--sae", "tiny", "--features", "0,1",
+                 "--value", "5", "--prompts", "builtin:harmless", "--limit", "1", "--max-new-tokens", "3",
+                 "--out", str(run)]) == 0, capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["dtype"] == "bfloat16"
+    ctx = open_run(run)  # recover/sweep/attribute and the Ray workers reopen a run this way
+    assert ctx.lm.dtype == torch.bfloat16
+    assert open_run(run, dtype="float32").lm.dtype == torch.float32  # a given format wins (recover --dtype)
+    resume_flips_run(run, ctx.lm)  # the dashboard's resume: same settings, dtype written by write_flips_run itself
+    assert json.loads((run / "config.json").read_text())["dtype"] == "bfloat16"
+
+
 def test_flips_and_recover_run_on_tiny_gemma2_from_the_offline_cache(offline, tmp_path, capsys, monkeypatch):
     from engine.cli.main import main
 
@@ -257,7 +274,8 @@ def test_flips_and_recover_run_on_tiny_gemma2_from_the_offline_cache(offline, tm
                  "--sae", "tiny:blocks.0.hook_resid_post", "--features", "0,1,2", "--value", "8", "--max-new-tokens", "6",
                  "--out", str(run)]) == 0, capsys.readouterr().err
     config = json.loads((run / "config.json").read_text())
-    assert config["model"] == OFFICIAL["gemma2"] and config["dtype"] == "float32"
+    assert config["model"] == OFFICIAL["gemma2"] and config["model_id"] == OFFICIAL["gemma2"]
+    assert config["dtype"] == "float32"  # the resolved format, never "auto"
     rows = [json.loads(x) for x in (run / "flips.jsonl").read_text().splitlines()]
     for r in rows:  # random weights never refuse; mark them valid to exercise recovery
         r["valid"] = True

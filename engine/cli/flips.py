@@ -8,7 +8,7 @@ from pathlib import Path
 from engine.cli.args import add_dataclass_options, finite_float, integer, positive_int
 from engine.cli.config_option import add_config_option, apply_flips_config, config_rows
 from engine.errors import LabError
-from engine.lm.dtypes import DTYPE_CHOICES, dtype_name
+from engine.lm.dtypes import DTYPE_CHOICES
 from engine.scale.config import ExecutorConfig
 
 logger = logging.getLogger(__name__)
@@ -67,13 +67,15 @@ def cmd_flips(args) -> dict:
         if single:
             raise LabError(f"--clamp gives the whole clamp set; drop {', '.join(single)}")
         rows = config_rows(config, args, read_clamp_file(args.clamp)[0])
-    lm = load_model(args.model, args.device, args.dtype)
+    dtype = args.dtype
+    if args.resume and dtype == "auto" and (run / "config.json").is_file():  # a resume keeps the run's number format
+        dtype = read_json(run / "config.json").get("dtype", "auto")
+    lm = load_model(args.model, args.device, dtype)
     if rows is not None:
         specs = load_clamp_set(lm, rows)
     else:
         specs = [resolve_clamp(load_sae(args.sae or "default", lm), args.features or "auto", args.mode, args.value)]
-    # The resolved format (never "auto", which depends on the device), so recover/attribute reopen the model as it was.
-    settings = {"model": args.model, "dtype": dtype_name(lm.dtype), "prompts": args.prompts, "limit": args.limit, "source": "cli"}
+    settings = {"model": args.model, "prompts": args.prompts, "limit": args.limit, "source": "cli"}
     if args.clamp is not None:
         settings["clamp_file"] = args.clamp
 

@@ -41,7 +41,6 @@ def cmd_ksweep(args) -> dict:
     from engine.features.direction import DirectionConfig, check_layer, rank_features
     from engine.features.search import contrast_pairs
     from engine.features.selection import SelectionConfig
-    from engine.lm.dtypes import dtype_name
     from engine.lm.loading import load_model
     from engine.lm.sae_sources import load_sae
     from engine.method.generation import GenerationConfig
@@ -63,5 +62,5 @@ def cmd_ksweep(args) -> dict:
     refusal_pairs, answer_pairs = contrast_pairs(lm, load_prompts("builtin:harmless", args.direction_prompts))
     ranking = rank_features(lm, saes, refusal_pairs, answer_pairs, direction)
     gen = GenerationConfig(max_new_tokens=recovery.max_new_tokens)
-    settings = {"model": args.model, "dtype": dtype_name(lm.dtype), "prompts": args.prompts, "limit": args.limit}
+    settings = {"model": args.model, "prompts": args.prompts, "limit": args.limit}
     return run_ksweep(lm, ranking, ks, prompts, args.out, select, recovery, gen, settings=settings)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.errors import LabError
+from engine.lm.dtypes import dtype_name
 from engine.lm.models import LoadedModel
 from engine.method.clamp import ClampSpec
 from engine.method.generation import GenerationConfig, generate
@@ -152,7 +153,7 @@ def write_flips_run(
         raise LabError("no prompts to run")
     config = {
         "command": "flips", "model": settings.get("model", lm.name), "model_id": lm.name, "sae": specs[0].sae.source,
-        "device": str(lm.device), "seed": gen.seed, "max_new_tokens": gen.max_new_tokens, "batch_size": gen.batch_size,
+        "device": str(lm.device), "dtype": dtype_name(lm.dtype), "seed": gen.seed, "max_new_tokens": gen.max_new_tokens, "batch_size": gen.batch_size,
         "clamps": [s.to_json() for s in specs], "judge": judge_cfg.to_json(), "created": time.time(),
         "n_prompts": len(prompts), **{k: v for k, v in settings.items() if k not in ("model",)},
     }
@@ -180,10 +181,10 @@ def write_flips_run(
     return summary
 
 
-_RESUME_IGNORED = ("created", "device", "source")
+_RESUME_IGNORED = ("created", "device", "dtype", "source")
 PROMPTS_FILE = "prompts.json"
 """The run's prompts, in order, saved when it starts."""
-_CONFIG_OWN = ("command", "model_id", "sae", "device", "seed", "max_new_tokens", "batch_size", "clamps", "judge", "created")
+_CONFIG_OWN = ("command", "model_id", "sae", "device", "dtype", "seed", "max_new_tokens", "batch_size", "clamps", "judge", "created")
 """``config.json`` keys :func:`write_flips_run` fills itself; the rest came from its ``settings``."""
 
 
