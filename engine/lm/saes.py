@@ -28,7 +28,7 @@ class LoadedSAE:
     sae: SAE[Any]
     """The sae_lens object (weights, ``encode``/``decode``)."""
     source: str
-    """How it was loaded: ``default:HOOK``, ``tiny``, ``local:PATH`` or ``registry:RELEASE/ID``."""
+    """How it was loaded: ``default:HOOK``, ``tiny``, ``local:PATH``, ``npz:FOLDER@HOOK`` or ``registry:RELEASE/ID``."""
     hook_name: str
     """The hook point it reads and the clamp writes."""
     neuronpedia_id: str | None = None
