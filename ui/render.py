@@ -143,10 +143,11 @@ def job_status(job) -> None:
         unit = getattr(job, "unit", "") or ""
         if job.progress and job.progress[1]:
             done, total = job.progress
-            parts = [f"{job.kind}" + (f" — {phase}" if phase else ""), f"{done}/{total}" + (f" {unit}" if unit else ""), took, job.message]
+            parts = [f"{job.kind}" + (f" — {phase}" if phase else ""), f"{done}/{total}" + (f" {unit}" if unit else ""), took, job.message,
+                     getattr(job, "memory_line", "")]
             st.progress(min(1.0, done / total), text=" · ".join(p for p in parts if p))
         else:
-            st.info(" · ".join(p for p in (f"{job.kind} running" + (f" — {phase}" if phase else ""), took, job.message) if p))
+            st.info(" · ".join(p for p in (f"{job.kind} running" + (f" — {phase}" if phase else ""), took, job.message, getattr(job, "memory_line", "")) if p))
     elif job.status == "done":
         st.success(f"{job.kind} finished in {took}")
     elif job.status == "cancelled":

@@ -12,6 +12,7 @@ def add_command(sub) -> None:
 def cmd_info(args) -> dict:  # noqa: ARG001
     import torch
 
+    from engine.lm.gpu import memory_status
     from engine.lm.hf_sources import cached_models, hub_cache_dir
     from engine.lm.hub import hub_reachable
     from engine.lm.loading import available_models
@@ -32,5 +33,6 @@ def cmd_info(args) -> dict:  # noqa: ARG001
         "saes": {"default": default_saes, "registry_release_count": len({r["release"] for r in registry_saes()})},
         "registry_saes": {name: registry_saes(name) for name in ("default", "gpt2")},
         "hub_reachable": hub_reachable(),
-        "gpu": {"cuda": torch.cuda.is_available(), "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "gpu": {"cuda": torch.cuda.is_available(), "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                "memory": [m.to_json() for i in range(torch.cuda.device_count()) if (m := memory_status(f"cuda:{i}"))]},
     }

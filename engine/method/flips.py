@@ -16,6 +16,7 @@ from pathlib import Path
 
 from engine.errors import LabError
 from engine.lm.dtypes import dtype_name
+from engine.lm.gpu import oom_guard
 from engine.lm.models import LoadedModel
 from engine.method.clamp import ClampSpec
 from engine.method.generation import GenerationConfig, generate
@@ -167,7 +168,7 @@ def write_flips_run(
                          lambda first, ids: ([prompts[i] for i in ids], ids[0], gen_json), None, cancel, progress)
     else:
         stream = (rec.to_json() for rec in run_flips(lm, specs, prompts, gen, judge_cfg, cancel, len(records), on_progress))
-    with JsonlWriter(run_dir / "flips.jsonl", append=True) as out:
+    with JsonlWriter(run_dir / "flips.jsonl", append=True) as out, oom_guard("flips generation", gen.batch_size, lambda: len(records)):
         for row in counted(stream, progress):
             out.write(row)
             records.append(row)

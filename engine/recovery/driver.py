@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from engine.lm.gpu import oom_guard
 from engine.lm.models import LoadedModel
 from engine.method.clamp import ClampSpec
 from engine.method.generation import GenerationConfig, generate
@@ -187,7 +188,7 @@ def recover_into(
     else:
         stream = ((r.to_json(), p.rows, p.gen)
                   for r, p in recover_flips(ctx.lm, ctx.specs, todo, cfg, ctx.judge, step_event, cancel, zero, counter.phase))
-    with JsonlWriter(out / "recovery.jsonl", append=True) as fh:
+    with JsonlWriter(out / "recovery.jsonl", append=True) as fh, oom_guard("recovery", cfg.batch_size, lambda: len(records)):
         for rec, rows, gen in counted(stream, progress):
             tensors = {"rows": rows.cpu().contiguous()}
             if gen is not None:

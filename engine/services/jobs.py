@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 
 from engine.errors import LabError
+from engine.lm.gpu import is_out_of_memory, memory_status
 from engine.services.progress import ProgressEvent
 
 logger = logging.getLogger(__name__)
@@ -136,8 +137,14 @@ class Job:
         return {
             "id": self.id, "kind": self.kind, "meta": dict(self.meta), "status": self.status, "error": self.error,
             "progress": self.progress, "message": self.message, "phase": self.phase, "unit": self.unit, "started": self.started, "finished": self.finished,
-            "n_events": self.n_events,
+            "n_events": self.n_events, "gpu_memory": gpu.to_json() if (gpu := memory_status()) else None,
         }
+
+    @property
+    def memory_line(self) -> str:
+        """The GPU's memory in one short line while CUDA is in use, else an empty string (for a status display)."""
+        gpu = memory_status()
+        return gpu.line() if gpu is not None else ""
 
 
 _REGISTRY: dict[str, Job] = {}
@@ -149,8 +156,8 @@ def _describe(exc: BaseException) -> str:
     """The one line a user sees for a failed job."""
     if isinstance(exc, LabError):
         return str(exc)
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-        return "out of memory: try fewer prompts, a smaller batch size or fewer steps (or a smaller model)"
+    if is_out_of_memory(exc):  # the drivers raise OutOfMemory (a LabError naming the batch size); this is the rest
+        return "out of memory: try a smaller batch size, fewer prompts or fewer steps (or a smaller model)"
     return f"internal error ({type(exc).__name__}: {exc}); the traceback is in the server log"
 
 
