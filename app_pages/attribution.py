@@ -8,7 +8,7 @@ from engine.errors import LabError
 from engine.services import jobs
 from engine.store import catalogue
 from ui import attribution_views as av
-from ui import charts, records, render, state, validate
+from ui import charts, feature_link, records, render, state, validate
 
 st.title("Attribution: which part of δ carries the recovery?")
 st.caption(
@@ -91,9 +91,14 @@ if record.has_attribution and not ticking:
     except LabError:
         pass
     top = av.topk_rows(rows, sae)
+    card_spec = av.topk_sae_spec(info.config, record.config, used, sae)
     if top:
-        top_chart = charts.topk_chart(top[:30])
-        st.altair_chart(top_chart, width="stretch", height=charts.chart_height(top_chart))
-    av.topk_table(top)
+        top_chart = av.topk_chart(top[:30])
+        picked = st.altair_chart(top_chart, width="stretch", height=charts.chart_height(top_chart), key="topk_chart",
+                                 on_select="rerun" if card_spec else "ignore")
+        if card_spec:
+            st.caption("Click a bar, a table row or use the picker to open that feature's card.")
+            feature_link.chart_selection(picked, card_spec, "topk_chart")
+    av.topk_table(top, card_spec)
 elif not ticking:
     st.info(f"No attribution of `{record.name}` yet." + ("" if state.presenter() else " Run it above."))

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.attribution.driver import summarize_attribution
+from engine.errors import LabError
 from ui import charts
 
 
@@ -56,13 +57,49 @@ def topk_rows(records: list[dict], sae=None) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["count"], -r["mean_abs_dz"]))
 
 
-def topk_table(rows: list[dict]) -> None:
+def topk_sae_spec(run_config: dict, record_config: dict, used: dict, sidebar_sae=None) -> str | None:
+    """The SAE the top-k features index (for their cards): the attribution's own SAE, else the run's clamped SAE at
+    δ's layer, else the sidebar's."""
+    from engine.lm.saes import hook_layer
+    from engine.method.clamp_sets import sae_spec_of
+    from ui import clamp_set
+
+    if used.get("sae"):
+        return sae_spec_of(str(used["sae"]))
+    layer = record_config.get("delta_layer")
+    for row in run_config.get("clamps") or []:
+        hook = row.get("hook") or clamp_set.spec_hook(str(row.get("sae", "")))
+        try:
+            if hook and layer is not None and hook_layer(hook) == int(layer):
+                return sae_spec_of(str(row["sae"]))
+        except (LabError, ValueError):
+            continue
+    return clamp_set.row_spec(sidebar_sae) if sidebar_sae is not None else None
+
+
+def topk_chart(rows: list[dict]):
+    """The top-k bar chart with a click selection on the bars (a click opens that feature's card)."""
+    import altair as alt
+
+    return charts.topk_chart(rows).add_params(alt.selection_point(name="card", fields=["feature"], on="click"))
+
+
+def topk_table(rows: list[dict], spec: str | None = None) -> None:
+    """The top-k table; with the SAE ``spec`` known, picking a row (or the picker below) opens the feature's card."""
+    from ui import feature_link
+
     if not rows:
         st.caption("No top-k features recorded.")
         return
     df = pd.DataFrame(rows)
-    st.dataframe(df, hide_index=True, width="stretch",
-                 column_config={"link": st.column_config.LinkColumn("Neuronpedia", display_text="open")})
+    config = {"link": st.column_config.LinkColumn("Neuronpedia", display_text="open")}
+    if spec is None:
+        st.dataframe(df, hide_index=True, width="stretch", column_config=config)
+        return
+    event = st.dataframe(df, hide_index=True, width="stretch", column_config=config, key="topk_table", on_select="rerun",
+                         selection_mode="single-row")
+    feature_link.table_selection(rows, event, spec, "topk_table")
+    feature_link.picker([r["feature"] for r in rows], spec, "topk_card")
 
 
 def component_texts(record: dict) -> None:

@@ -18,8 +18,14 @@ def _candidates_table(rows: list[dict], key: str, lm, sae, origin: str, value_co
     """A table of candidate features with 'add the top N' to the clamp set (to the row of ``sae``)."""
     if not rows:
         return
+    from ui import feature_link
+
     df = pd.DataFrame(rows)
-    st.dataframe(df, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(df)))
+    spec = clamp_set.row_spec(sae)
+    event = st.dataframe(df, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(df)), key=f"{key}_table",
+                         on_select="rerun", selection_mode="single-row")
+    feature_link.table_selection(rows, event, spec, f"{key}_table")
+    feature_link.picker([int(r["feature"]) for r in rows], spec, f"{key}_card")
     c1, c2, c3 = st.columns([1, 1, 2])
     form = validate.Form()
     n = form.number(c1, "How many (from the top)", f"{key}_n", min(5, len(rows)), persist=False,
@@ -187,74 +193,52 @@ def neuronpedia_tab(lm, sae) -> None:
 
 
 def feature_card_section(lm, sae) -> None:
+    """The card of a typed feature (or of the link that opened it), read from the precomputed store
+    (``ui.card_views``), beside the Neuronpedia card when the SAE has a Neuronpedia id."""
+    from ui import card_views, feature_link
+
     spec = clamp_set.row_spec(sae)
+    tgt = feature_link.target()
+    mine = tgt if tgt and tgt.get("sae") in (spec, None) and 0 <= tgt["feature"] < sae.d_sae else None
     row = next((r for r in clamp_set.clamp_state(lm, sae)["rows"] if r["sae"] == spec and r["features"]), None)
-    c1, c2 = st.columns([1, 3])
-    default = row["features"][0] if row else 0
+    c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
+    default = mine["feature"] if mine else (row["features"][0] if row else 0)
     idx = validate.Form().number(c1, "Feature", "card_feature", int(default), check=validate.feature_check(sae), persist=False,
                                  help=f"0 to {sae.d_sae - 1} (this SAE has {sae.d_sae} features)")
     if idx is None:
         return
-    url = sae.neuronpedia_url(idx)
-    if url:
-        c2.markdown(f"[Open feature {idx} on Neuronpedia]({url})")
-    from engine.features.cards import feature_card
-
-    local, remote = st.columns(2)
+    if c2.button("Show card", key="card_go", help="Density, histogram, examples across quantiles with per-token activations, "
+                                                  "decoder neighbours and logit effects, from this SAE's precomputed card store"):
+        feature_link.set_target(spec, idx)
+        mine = {"sae": spec, "feature": idx}
+    local, remote = st.columns([3, 1]) if sae.neuronpedia_id else (st.container(), None)
     with local:
-        if st.button("Show local card", key="card_go", help="Top contexts from a local corpus, logit effects, frequency"):
-            with state.shown_errors("feature card"), st.spinner("Computing the card…"):
-                corpus = _corpus(lm.name, lm)
-                st.session_state["card"] = (sae.source, idx, feature_card(lm, sae, idx, corpus))
-        card = st.session_state.get("card")
-        if card and card[:2] == (sae.source, idx):
-            render_local_card(card[2])
+        if mine:
+            card_views.card_view(lm, sae, mine["feature"], key="card")
+        else:
+            card_views.precompute_panel(lm, sae, "card", auto=False)
+    if remote is None:
+        return
     with remote:
-        if sae.neuronpedia_id:
-            if st.button("Fetch from Neuronpedia", key="card_np"):
-                from engine.services.neuronpedia import split_neuronpedia_id
+        url = sae.neuronpedia_url(idx)
+        if url:
+            st.markdown(f"[Open feature {idx} on Neuronpedia]({url})")
+        if st.button("Fetch from Neuronpedia", key="card_np"):
+            from engine.services.neuronpedia import split_neuronpedia_id
 
-                try:
-                    model_id, layer = split_neuronpedia_id(sae.neuronpedia_id)
-                    with st.spinner("Asking Neuronpedia…"):
-                        st.session_state["np_card"] = (idx, _np_client().feature(model_id, layer, idx))
-                except LabError as exc:
-                    st.error(str(exc))
-            card = st.session_state.get("np_card")
-            if card and card[0] == idx:
-                info = card[1]
-                st.markdown("**Neuronpedia:** " + ("; ".join(info.explanations[:3]) or "no explanation"))
-                if info.pos_tokens:
-                    st.markdown("Promotes: " + ", ".join(f"`{t}`" for t in info.pos_tokens[:10]))
-                if info.neg_tokens:
-                    st.markdown("Suppresses: " + ", ".join(f"`{t}`" for t in info.neg_tokens[:10]))
-                for ex in info.examples[:3]:
-                    st.caption("".join(ex["tokens"])[:300])
-
-
-@st.cache_resource(show_spinner=False, max_entries=2)
-def _corpus(model_name: str, _lm) -> list[str]:
-    from engine.features.cards import default_corpus
-
-    return default_corpus(_lm, limit=160)
-
-
-def render_local_card(card) -> None:
-    """A FeatureCard: numbers, top contexts with the token marked, logit effects."""
-    import html
-
-    st.markdown(
-        f"**Feature {card.feature}** · fires on {card.frequency:.2%} of {card.n_tokens} corpus tokens · "
-        f"mean when active {card.mean_when_active:.2f} · max {card.max_activation:.2f}"
-    )
-    if card.top_contexts:
-        items = "".join(
-            f"<li>{html.escape(c.before)}<mark style='background:#ffc9c9'>{html.escape(c.token)}</mark>{html.escape(c.after)}"
-            f" <small>({c.activation:.2f})</small></li>" for c in card.top_contexts
-        )
-        st.html(f"<div class='flip-text'><ol style='margin:0;padding-left:1.2rem'>{items}</ol></div>")
-    else:
-        st.caption("It never fires on the local corpus.")
-    up = ", ".join(f"`{e.token.strip() or repr(e.token)}`" for e in card.top_logits)
-    down = ", ".join(f"`{e.token.strip() or repr(e.token)}`" for e in card.bottom_logits)
-    st.markdown(f"**Promotes:** {up}  \n**Suppresses:** {down}")
+            try:
+                model_id, layer = split_neuronpedia_id(sae.neuronpedia_id)
+                with st.spinner("Asking Neuronpedia…"):
+                    st.session_state["np_card"] = (idx, _np_client().feature(model_id, layer, idx))
+            except LabError as exc:
+                st.error(str(exc))
+        card = st.session_state.get("np_card")
+        if card and card[0] == idx:
+            info = card[1]
+            st.markdown("**Neuronpedia:** " + ("; ".join(info.explanations[:3]) or "no explanation"))
+            if info.pos_tokens:
+                st.markdown("Promotes: " + ", ".join(f"`{t}`" for t in info.pos_tokens[:10]))
+            if info.neg_tokens:
+                st.markdown("Suppresses: " + ", ".join(f"`{t}`" for t in info.neg_tokens[:10]))
+            for ex in info.examples[:3]:
+                st.caption("".join(ex["tokens"])[:300])

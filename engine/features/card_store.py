@@ -3,9 +3,10 @@
 Opening a card reads one row of each array of the store (``safetensors.safe_open`` slices), so it takes
 milliseconds whatever the SAE's width. The store is written by :mod:`engine.features.card_precompute`.
 
-Where: ``cache_dir()/feature_cards/<SAE slug>-<key>.safetensors``. The key hashes the SAE's source, a hash of its
-weights, the model name, the corpus version (a hash of its texts) and the :class:`StoreConfig`, so a store made
-for other weights or another corpus is never found for this one (and the key is checked again on open).
+Where: ``cache_dir()/feature_cards/<hook>-<key>.safetensors``. The key hashes the SAE's hook and a hash of its
+weights (not its source string: ``default`` and ``default:HOOK`` are one SAE), the model name, the corpus version
+(a hash of its texts) and the :class:`StoreConfig`, so a store made for other weights or another corpus is never
+found for this one (and the key is checked again on open). The SAE's source is kept in the store's metadata.
 
 Arrays (``d`` = d_sae, ``E`` = top + quantile examples, ``W`` = window length):
 
@@ -125,7 +126,9 @@ def weights_hash(sae: LoadedSAE) -> str:
 
 def store_key(lm: LoadedModel, sae: LoadedSAE, corpus_version: str, cfg: StoreConfig) -> str:
     """The hash that names a store (see the module docstring)."""
-    ident = {"format": STORE_FORMAT, "sae": sae.source, "hook": sae.hook_name, "weights": weights_hash(sae),
+    # The source string is left out on purpose: aliases ("tiny" and "tiny:HOOK", "default" and "default:HOOK") load
+    # the same SAE, and the hook + the weights' hash identify it exactly.
+    ident = {"format": STORE_FORMAT, "hook": sae.hook_name, "weights": weights_hash(sae),
              "model": lm.name, "corpus": corpus_version, "cfg": asdict(cfg)}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -137,7 +140,7 @@ def store_dir() -> Path:
 
 
 def store_path(sae: LoadedSAE, key: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", sae.source)[-80:].strip("._") or "sae"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", sae.hook_name)[-80:].strip("._") or "sae"
     return store_dir() / f"{slug}-{key}.safetensors"
 
 

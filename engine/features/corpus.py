@@ -112,7 +112,7 @@ def _pydoc_paragraphs(n: int, rng: random.Random) -> list[str]:
     return paras[:n]
 
 
-TINY_CORPUS = CorpusConfig(chats=24, builtin=8, shared=0, pydoc=8, max_chars=120)
+TINY_CORPUS = CorpusConfig(chats=12, builtin=4, shared=0, pydoc=4, max_chars=100)
 """The test model's corpus: its byte tokenizer makes every character a token, so a small corpus keeps tests fast."""
 
 
