@@ -165,6 +165,7 @@ def test_missing_cached_file_offline_fails_fast_naming_it(offline, tmp_path, mon
     assert time.monotonic() - start < 10
     msg = str(err.value)
     assert "\n" not in msg and "meta-llama/Llama-3.2-1B/model.safetensors is not in the Hugging Face cache" in msg
+    assert "and HF_HUB_OFFLINE=1 is set" in msg
     # Not offline by setting, but no network: the probe answers False within seconds and the repo is named.
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
@@ -173,7 +174,8 @@ def test_missing_cached_file_offline_fails_fast_naming_it(offline, tmp_path, mon
 
     hub_reachable.cache_clear()
     start = time.monotonic()
-    with pytest.raises(HubUnreachableError, match="cannot load 'Qwen/Qwen2-0.5B': Qwen/Qwen2-0.5B is not in the Hugging Face cache"):
+    with pytest.raises(HubUnreachableError, match="cannot load 'Qwen/Qwen2-0.5B': Qwen/Qwen2-0.5B is not in the Hugging Face "
+                                                  r"cache .* and the hub \(huggingface.co\) is unreachable"):
         load_model("Qwen/Qwen2-0.5B", "cpu")
     assert time.monotonic() - start < 10
     hub_reachable.cache_clear()
@@ -199,6 +201,18 @@ def test_online_a_missing_snapshot_is_downloaded_then_loaded_from_files(offline,
     assert calls == [("Qwen/Qwen2-0.5B", ("*.json", "*.safetensors", "tokenizer.model", "*.txt"))]
     loading.load_model("Qwen/Qwen2-0.5B", "cpu")  # now cached: no second download
     assert len(calls) == 1
+
+    def refused(repo_id, allow_patterns, cache_dir):
+        import httpx2 as httpx  # huggingface_hub's own HTTP client
+        from huggingface_hub.errors import GatedRepoError
+
+        response = httpx.Response(401, request=httpx.Request("GET", "https://huggingface.co/google/gemma-2-9b"))
+        raise GatedRepoError("401 Client Error: access to model google/gemma-2-9b is restricted\nmore lines", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refused)
+    with pytest.raises(HubUnreachableError, match=r"^cannot download 'google/gemma-2-9b': 401 Client Error: .*restricted "
+                                                  r"\(gated models need HF_TOKEN and accepted terms\)$"):
+        loading.load_model("gemma-2-9b", "cpu")
 
 
 def test_dtype_choices_and_what_a_device_cannot_do(monkeypatch):

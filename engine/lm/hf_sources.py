@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,18 +121,29 @@ def snapshot_folder(repo_id: str, reachable) -> Path:
     if not reachable():
         where = f"in the Hugging Face cache ({hub_cache_dir()})"
         what = f"{repo_id}/{snap.missing[0]} is not" if snap.folder else f"{repo_id} is not"
-        raise HubUnreachableError(f"cannot load {repo_id!r}: {what} {where} and the hub (huggingface.co) is unreachable; "
+        why = "HF_HUB_OFFLINE=1 is set" if os.environ.get("HF_HUB_OFFLINE") == "1" else "the hub (huggingface.co) is unreachable"
+        raise HubUnreachableError(f"cannot load {repo_id!r}: {what} {where} and {why}; "
                                   f"download it once where the hub is reachable (huggingface-cli download {repo_id})")
-    from huggingface_hub import snapshot_download
-
     logger.info("downloading %s into %s", repo_id, hub_cache_dir())
-    folder = Path(snapshot_download(repo_id, allow_patterns=_DOWNLOAD, cache_dir=hub_cache_dir()))
+    folder = _download(repo_id, _DOWNLOAD)
     if missing_files(folder) == ["model.safetensors"]:  # an older repo with pickled weights only (read weights_only)
-        folder = Path(snapshot_download(repo_id, allow_patterns=[*_DOWNLOAD, "pytorch_model*.bin"], cache_dir=hub_cache_dir()))
+        folder = _download(repo_id, [*_DOWNLOAD, "pytorch_model*.bin"])
     left = missing_files(folder)
     if left:
         raise LabError(f"the hub's {repo_id} has no {left[0]}, so the lab cannot load it from files")
     return folder
+
+
+def _download(repo_id: str, patterns: list[str]) -> Path:
+    """``snapshot_download``; a refusal by the hub (a gated repo without ``HF_TOKEN``, no such repo) is one line."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, cache_dir=hub_cache_dir()))
+    except (HfHubHTTPError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HubUnreachableError(f"cannot download {repo_id!r}: {first} (gated models need HF_TOKEN and accepted terms)") from None
 
 
 def is_loadable_folder(folder: Path) -> bool:
