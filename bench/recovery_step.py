@@ -44,8 +44,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto", help="auto|float32|bfloat16|float16 (auto: bf16 on CUDA above 1B parameters)")
     args = ap.parse_args()
 
+    from engine.lm.dtypes import dtype_name
     from engine.lm.loading import load_model
     from engine.method.clamp import clamped
     from engine.method.generation import GenerationConfig, generate
@@ -54,7 +56,7 @@ def main() -> None:
     from engine.recovery.problem import build_problem, default_delta_layer
     from engine.recovery.projection import EncoderProjector
 
-    lm = load_model("default", args.device)
+    lm = load_model("default", args.device, args.dtype)
     spec, clamp_desc = default_clamp(lm)
     ps, source = prompts(args.batch)
     answers = [g.text for g in generate(lm, ps, GenerationConfig(max_new_tokens=48, batch_size=args.batch))]
@@ -65,7 +67,7 @@ def main() -> None:
     def make(batch):
         problem = build_problem(lm, [spec], batch, cfg.answer_tokens, layer)
         obj = DeltaObjective(lm, [spec], problem)
-        rows = torch.zeros_like(problem.h_def, requires_grad=True)
+        rows = torch.zeros(problem.h_def.shape, device=lm.device, requires_grad=True)  # δ is fp32 in every dtype, as in optimize
         gen = torch.zeros(problem.h_def.shape[0], lm.d_model, device=lm.device, requires_grad=True)
         opt = torch.optim.Adam([rows, gen], lr=0.1)
         proj = EncoderProjector(obj.same_layer)
@@ -112,6 +114,9 @@ def main() -> None:
 
     _, step_b = make(flips[: args.batch])
     t_batch = timed(step_b, max(2, args.repeats // 2))
+    speedup = (args.batch / t_batch) / (1 / t_step)
+    print(f"batch {args.batch} ÷ batch 1 throughput on {lm.device} ({dtype_name(lm.dtype)}): {speedup:.2f}× "
+          f"({args.batch / t_batch:.2f} vs {1 / t_step:.2f} prompt-steps/s); goal on a GPU ≥ 4×", flush=True)
     cross = cross_layer(lm, spec, flips[:1], layer, t_full_params, args.repeats)
     write("recovery_step", {
         "what": "seconds per optimisation step; ratios vs naive full-model steps on the same tokens",
@@ -120,7 +125,7 @@ def main() -> None:
         "ratio_vs_param_grads": t_step / t_full_params, "ratio_vs_frozen": t_step / t_full_frozen,
         "batch": args.batch, "batch_step_s": t_batch,
         "throughput_prompt_steps_per_s": {"batch_1": 1 / t_step, f"batch_{args.batch}": args.batch / t_batch},
-        "batch_speedup": (args.batch / t_batch) / (1 / t_step),
+        "batch_speedup": speedup, "dtype": dtype_name(lm.dtype),
         "cross_layer": cross,
         "goals": {"ratio_vs_param_grads": "<= 0.30", "gpu_batch_speedup": ">= 4", "cross_layer_vs_encoder": "<= 3"},
     })
