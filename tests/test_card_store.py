@@ -163,3 +163,22 @@ def test_corpus_reads_shared_data_in_place_and_versions_it(lm, tmp_path, monkeyp
     monkeypatch.setenv("SAE_LAB_CORPUS_DIR", str(tmp_path / "absent"))
     without = card_corpus(lm, cfg)
     assert "shared:p.json" not in without.counts and without.version != with_shared.version
+
+
+def test_flip_feature_activations_match_the_sae_and_refuse_empty_answers(lm):
+    from engine.features.flip_features import flip_feature_activations
+    from engine.features.search import _answer_ids, sae_activations
+    from engine.method.clamp import ClampSpec
+
+    sae = _sae(lm)
+    spec = ClampSpec(sae, [2, 5, 9], "set", [3.0])
+    view = flip_feature_activations(lm, [spec], "Tell me about rivers.", "Rivers flow.", "I can't help.")
+    assert [r.feature for r in view.features] == [2, 5, 9]
+    assert view.base.values.shape == (3, len(view.base.tokens)) and "".join(view.clamped.tokens) == "I can't help."
+    ids, start = _answer_ids(lm, "Tell me about rivers.", "Rivers flow.")
+    z = sae_activations(lm, sae, [ids])[0][start:, [2, 5, 9]].T
+    assert torch.allclose(view.base.values, z, atol=1e-5)
+    with pytest.raises(LabError, match="clamped answer is empty"):
+        flip_feature_activations(lm, [spec], "p", "Rivers flow.", "  ")
+    with pytest.raises(LabError, match="no clamped features"):
+        flip_feature_activations(lm, [], "p", "a", "b")
