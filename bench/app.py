@@ -1,12 +1,18 @@
 """Dashboard timings in a real browser (headless Debian chromium), written as JSON.
 
     .venv/bin/python bench/app.py [--model default] [--rounds 3] [--switch-rounds 2]
+    .venv/bin/python bench/app.py --cards-only [--cards-sae default:blocks.15.hook_resid_post] [--cards-cache DIR]
 
 * cold start: from launching ``streamlit run dashboard.py`` (a fresh process, the default model's converted
   weights already in the user cache) to the first page being interactive — the script has finished, nothing is
   stale, and the sidebar reports the loaded model. Also the time until the server answers its health check.
   Goal: ≤ 15 s.
 * page switch: clicking a page in the navigation until that page has settled, every page, several rounds.
+* feature cards (``--cards-only`` runs just this, without a browser): the first card of an SAE (the precompute of
+  its card store over the local corpus, then the card) and a cached card (opening the store and reading one card,
+  a fresh open per card, 20 features). With ``--cards-cache DIR`` an existing store in DIR is reused and the first
+  time is the one recorded in the store. In the full run, also a cached card in the browser: typing a feature on the
+  Features page and clicking Show card until the card is drawn. Goal: cached ≤ 1 s.
 
 "Settled" is polled every 50 ms and needs three quiet polls in a row, so each figure includes ~0.1–0.15 s of polling.
 
@@ -77,12 +83,92 @@ def page_switches(page, data: Path, model: str, rounds: int) -> dict:
     }
 
 
+def card_times(model: str, sae_spec: str, cache: str | None, n: int = 20) -> dict:
+    """First card (precompute + read) and cached cards (fresh store open + read), in this process."""
+    import os
+    import random
+
+    if cache:
+        os.environ["SAE_LAB_CACHE"] = cache
+    else:
+        os.environ["SAE_LAB_CACHE"] = tempfile.mkdtemp(prefix="bench-cards-")
+    from engine.features.card_precompute import precompute_cards
+    from engine.features.card_store import CardStore
+    from engine.features.corpus import card_corpus
+    from engine.lm.loading import load_model
+    from engine.lm.sae_sources import load_sae
+
+    lm = load_model(model, "cpu")
+    sae = load_sae(sae_spec, lm)
+    corpus = card_corpus(lm)
+    t = time.perf_counter()
+    result = precompute_cards(lm, sae, corpus)
+    first_card = CardStore(result.path).card(0)
+    first = time.perf_counter() - t
+    store = CardStore(result.path)
+    recorded = store.meta.get("seconds")
+    feats = random.Random(0).sample(range(sae.d_sae), min(n, sae.d_sae))
+    cached = []
+    for f in feats:
+        t = time.perf_counter()
+        card = CardStore(result.path).card(f)
+        cached.append(time.perf_counter() - t)
+    assert first_card.feature == 0 and card.feature == feats[-1]
+    return {
+        "sae": sae_spec, "d_sae": sae.d_sae, "corpus_texts": len(corpus.texts), "corpus_tokens": store.meta.get("n_tokens"),
+        "corpus_per_source": corpus.counts, "store_bytes": result.size_bytes, "store": str(result.path),
+        "first_card_s": None if result.reused else round(first, 2),
+        "first_card_note": "precompute recorded in the reused store" if result.reused else "precompute + first card, this run",
+        "precompute_recorded_s": recorded,
+        "cached_card_median_s": round(statistics.median(cached), 4), "cached_card_max_s": round(max(cached), 4), "n_cached": len(cached),
+        "goal_cached_s": 1.0, "meets_goal": max(cached) <= 1.0,
+    }
+
+
+def browser_card(page, data: Path, model: str, feature: int = 5) -> dict:
+    """A cached card in the browser: Features page, type the feature, Show card, until its header is drawn (the
+    store must exist in SAE_LAB_CACHE; the server inherits it)."""
+    server = b.Server(data, model, log=Path(tempfile.gettempdir()) / "bench-app-server.log").start(timeout=180)
+    try:
+        page.goto(server.url)
+        b.settle(page, 180)
+        page.get_by_role("link", name=PAGES[0]).first.click()
+        b.settle(page, 120, interval=0.05)
+        box = page.get_by_label("Feature", exact=True)
+        box.fill(str(feature))
+        box.press("Enter")
+        b.settle(page, 60, interval=0.05)
+        t = time.perf_counter()
+        page.get_by_role("button", name="Show card").click()
+        page.get_by_text(f"Feature {feature}", exact=False).filter(has_text="corpus tokens").first.wait_for(timeout=120_000)
+        shown = time.perf_counter() - t
+        b.assert_no_exception(page, "feature card")
+    finally:
+        server.stop()
+    return {"browser_cached_card_s": round(shown, 2), "feature": feature}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--rounds", type=int, default=3, help="cold starts (each a fresh server process)")
     ap.add_argument("--switch-rounds", type=int, default=2, help="passes over every page")
+    ap.add_argument("--cards-only", action="store_true", help="only the feature-card timings (no browser)")
+    ap.add_argument("--cards-sae", default="default:blocks.15.hook_resid_post", help="SAE whose cards are timed")
+    ap.add_argument("--cards-cache", default=None, help="user cache holding (or to hold) the card store (default: a new temp dir)")
     args = ap.parse_args()
+    if args.cards_only:
+        import json
+
+        cards = card_times(args.model, args.cards_sae, args.cards_cache)
+        old = ROOT / "bench" / "results" / "app.json"
+        result = json.loads(old.read_text()) if old.is_file() else {"benchmark": "dashboard timings"}
+        result.pop("machine", None)
+        result["feature_cards"] = {**cards, "command": f"bench/app.py --cards-only --model {args.model} --cards-sae {args.cards_sae}"
+                                   + (f" --cards-cache {args.cards_cache}" if args.cards_cache else ""),
+                                   "load_average": _loadavg()}
+        write("app", result)
+        return
     if not b.chromium_available():
         sys.exit("bench/app.py needs /usr/bin/chromium and playwright (scripts/setup.sh --dev)")
     from playwright.sync_api import sync_playwright
@@ -96,6 +182,8 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         colds = [cold_start(page, data, args.model) for _ in range(args.rounds)]
         switches = page_switches(page, data, args.model, args.switch_rounds)
+        cards = card_times(args.model, args.cards_sae, args.cards_cache)
+        cards.update(browser_card(page, data, args.model))
         browser.close()
     interactive = [c["interactive_s"] for c in colds]
     result = {
@@ -108,6 +196,7 @@ def main() -> None:
                        "interactive_max_s": round(max(interactive), 2), "goal_s": 15.0,
                        "meets_goal": statistics.median(interactive) <= 15.0},
         "page_switch": switches,
+        "feature_cards": cards,
         "load_average": _loadavg(),
     }
     write("app", result)
