@@ -257,3 +257,51 @@ def test_a_budget_of_0_keeps_start_off_in_a_real_browser(lab_env):
     finally:
         server.stop()
     assert not (run / "recoveries").exists() and not (run / "recovery.jsonl").exists()  # no job ever started
+
+
+def test_a_feature_card_opens_from_the_attribution_chart(lab_env, tmp_path, monkeypatch):
+    """Issue 15: a click on a bar of the attribution top-k chart opens that feature's card (a dialog read from the
+    precomputed store, made here beforehand on the tiny model). Screenshot: 12-card-from-attribution-chart.png."""
+    from playwright.sync_api import sync_playwright
+
+    from engine.features.card_precompute import precompute_cards
+    from engine.features.corpus import card_corpus
+    from engine.lm.loading import load_model
+    from engine.lm.sae_sources import load_sae
+    from tests.app.apphelpers import add_attribution_records, make_flips_run
+
+    monkeypatch.setenv("SAE_LAB_CACHE", str(tmp_path / "cache"))  # the server inherits it
+    lm = load_model("tiny", "cpu")
+    assert precompute_cards(lm, load_sae("tiny", lm), card_corpus(lm)).status == "done"
+    run = make_flips_run(lab_env, "card-run", n=3)
+    add_attribution_records(run, n=3)  # feature 7 is in every example's top-k: the top bar
+    server = b.Server(lab_env, "tiny", log=b.ARTIFACTS / "card-server.log").start()
+    try:
+        with sync_playwright() as pw:
+            browser = b.launch(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"{server.url}/attribution?run=card-run")
+            b.settle(page, 180)
+            page.get_by_text("Click a bar, a table row").first.wait_for()
+            chart = page.locator("[data-testid='stVegaLiteChart']").last
+            chart.scroll_into_view_if_needed()
+            b.settle(page)
+            box = chart.bounding_box()
+            assert box is not None
+            header = page.get_by_text("Feature 7 ·").filter(has_text="corpus tokens")
+            for dy in (0.2, 0.25, 0.3, 0.35):  # the top bar (feature 7), below the title
+                page.mouse.click(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * dy)
+                try:
+                    header.first.wait_for(timeout=8000)
+                    break
+                except Exception:  # noqa: BLE001 - try the next row of pixels
+                    continue
+            header.first.wait_for(timeout=30000)
+            assert page.get_by_role("dialog").count() == 1
+            assert page.get_by_text("Sampled across activation quantiles").first.is_visible()
+            b.assert_no_exception(page, "card from the attribution chart")
+            assert b.shot(page, "12-card-from-attribution-chart").stat().st_size > 0
+            assert "feature=7" in page.url
+            browser.close()
+    finally:
+        server.stop()
