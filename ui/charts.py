@@ -196,7 +196,7 @@ def compare_chart(steps: list[dict], sweeps: list[dict], records: list[str], hei
     rate, Wilson 95 % intervals). Panels without data are left out."""
     color = alt.Color("record:N", title="record", scale=alt.Scale(domain=records, scheme="tableau10"),
                       legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=600, symbolType="stroke",
-                                        symbolStrokeWidth=3))
+                                        symbolStrokeWidth=3, symbolOpacity=1))
     sdf = pd.DataFrame(steps or [], columns=["record", "metric", "step", "mean", "min", "max", "prompts"])
     panels = []
     for metric, title in (("loss", "Loss per step"), ("drift", "Drift of the clamped features per step")):
@@ -204,9 +204,10 @@ def compare_chart(steps: list[dict], sweeps: list[dict], records: list[str], hei
         if part.empty:
             continue
         base = alt.Chart(part, title=title).encode(x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)), color=color)
-        band = base.mark_area(opacity=0.12).encode(y=alt.Y("min:Q", title=metric), y2="max:Q")
+        y_title = f"{metric} (mean over prompts)"  # one title for both layers (Vega-Lite joins differing ones)
+        band = base.mark_area(opacity=0.12).encode(y=alt.Y("min:Q", title=y_title), y2="max:Q")
         line = base.mark_line(point=len(part) < 80).encode(
-            y=alt.Y("mean:Q", title=f"{metric} (mean over prompts)"),
+            y=alt.Y("mean:Q", title=y_title),
             tooltip=["record", "step", alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("min:Q", format=".4g"),
                      alt.Tooltip("max:Q", format=".4g"), "prompts"])
         panels.append((band + line).properties(height=height, width=340))

@@ -24,7 +24,7 @@ from ui import render, state, validate
 logger = logging.getLogger(__name__)
 
 JOB_SLOT = "playground_job"
-POLL_S = 0.3
+POLL_S = 0.5
 """How often the page redraws the streamed answers while the job runs."""
 TITLES = {"base": "Base (no clamp)", "clamped": "Clamped"}
 
