@@ -109,3 +109,16 @@ def test_a_prompt_over_the_context_is_refused_with_its_length(lab_env):
     assert any(f"is {n} tokens long" in e and f"context of {lm.model.cfg.n_ctx} tokens" in e for e in errors), errors
     assert {j.id for j in jobs.find_jobs("playground")} == before  # no job started
     assert not at.exception
+
+
+def test_a_bad_temperature_keeps_generate_off_with_the_fields_message(lab_env):
+    at = _clamped_playground()
+    at.text_area(key="pg_prompt").input("What is rain?").run()
+    assert not at.button(key="pg_start").disabled
+    at.toggle(key="pg_sample").set_value(True).run()
+    for typed, words in (("0", "Temperature must be positive, got 0"), ("abc", "Temperature must be a number, got 'abc'")):
+        at.text_input(key="pg_temperature").input(typed).run()
+        assert any(words in e.value for e in at.error), [e.value for e in at.error]
+        assert at.button(key="pg_start").disabled
+    at.text_input(key="pg_temperature").input("0.7").run()
+    assert not at.button(key="pg_start").disabled and not at.error
