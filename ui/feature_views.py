@@ -215,8 +215,9 @@ def feature_card_section(lm, sae) -> None:
     with local:
         if mine:
             card_views.card_view(lm, sae, mine["feature"], key="card")
-        else:
-            card_views.precompute_panel(lm, sae, "card", auto=False)
+        elif card_views.precompute_panel(lm, sae, "card", auto=False):
+            st.caption("This SAE's cards are precomputed: type a feature and press Show card, or open one from any "
+                       "feature id on these pages.")
     if remote is None:
         return
     with remote:
