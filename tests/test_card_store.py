@@ -182,3 +182,19 @@ def test_flip_feature_activations_match_the_sae_and_refuse_empty_answers(lm):
         flip_feature_activations(lm, [spec], "p", "Rivers flow.", "  ")
     with pytest.raises(LabError, match="no clamped features"):
         flip_feature_activations(lm, [], "p", "a", "b")
+
+
+def test_cli_precompute_writes_then_reuses_and_refuses_a_bad_sae(capsys):
+    import json
+
+    from engine.cli.main import main
+
+    assert main(["features", "precompute", "--sae", "tiny", "--model", "tiny", "--device", "cpu"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["status"] == "done" and not first["reused"] and first["size_bytes"] > 0
+    assert first["corpus"]["per_source"] == {"chats": 12, "builtin": 4, "pydoc": 4}
+    assert main(["features", "precompute", "--sae", "tiny", "--model", "tiny", "--device", "cpu"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["reused"] and again["store"] == first["store"] and again["computed_chunks"] == 0
+    assert main(["features", "precompute", "--sae", "/no/such/folder", "--model", "tiny", "--device", "cpu"]) == 2
+    assert "error:" in capsys.readouterr().err
