@@ -56,7 +56,7 @@ if lm is not None and not state.presenter():
                     return write_flips_run(lm, specs, prompts, gen, judge_cfg, run_dir, extra, j.cancel, j.log, exe=exe,
                                            on_progress=j.report)
 
-                job = jobs.start_job("flips", work, meta={"run": run_dir.name, "judge": judge_cfg.to_json()})
+                job = jobs.start_job("flips", work, meta={"run": run_dir.name})
                 state.remember_job("flips_job", job)
                 state.set_current_run(run_dir.name)
                 st.rerun()
@@ -67,7 +67,7 @@ if job is not None:
     st.subheader(f"Run `{job.meta.get('run')}`")
 render.live_job(job, "cancel_flips", "Stops after the current batch; finished prompts are kept.",
                 body=lambda j: views.flip_cards(views.streamed_records(j.events(), j.partial), limit=50, newest_first=True,
-                                                judge_cfg=JudgeConfig.from_json(j.meta.get("judge"))) if j.running else None)
+                                                judge_cfg=views.run_judge(j.meta.get("run"))) if j.running else None)
 
 if not ticking:
     name = state.run_picker("Run", key="flips_run", need="flips.jsonl")
@@ -93,7 +93,7 @@ if not ticking:
                 j.set_progress(2 * done, 2 * total, "resuming")  # the engine reports answers generated from here on
                 return resume_flips_run(run_dir, lm, j.cancel, j.log, exe=exe, on_progress=j.report)
 
-            job = jobs.start_job("flips", resume_work, meta={"run": name, "judge": info.config.get("judge")})
+            job = jobs.start_job("flips", resume_work, meta={"run": name})
             state.remember_job("flips_job", job)
             st.rerun()
     run_judge = JudgeConfig.from_json(info.config.get("judge"))
@@ -118,4 +118,4 @@ if not ticking:
 else:
     st.caption("Results appear above as they stream in: each batch's base answers as soon as they are generated, then its "
                "clamped answers and verdicts; the full view (with labelling) opens when the run ends.")
-    verdict_views.judge_lists(JudgeConfig.from_json(job.meta.get("judge")), "The judge's lists and thresholds used for this run")
+    verdict_views.judge_lists(views.run_judge(job.meta.get("run")), "The judge's lists and thresholds used for this run")

@@ -124,6 +124,18 @@ def flip_card(rec: dict, judge_cfg: JudgeConfig | None = None) -> None:
                                   rec.get("clamped_degenerate", False), judge_cfg=judge_cfg)
 
 
+def run_judge(name: str | None) -> JudgeConfig:
+    """The judge config saved in run ``name``'s ``config.json`` (the default when there is none yet)."""
+    from engine.store import catalogue
+    from engine.store.files import read_json_or_none
+
+    try:
+        config = read_json_or_none(catalogue.run_path(name) / "config.json") if name else None
+    except LabError:
+        config = None
+    return JudgeConfig.from_json(config.get("judge") if isinstance(config, dict) else None)
+
+
 def streamed_records(records: list[dict], partial: list[dict]) -> list[dict]:
     """Finished records, then the base answers (``partial``) whose clamped answers are still being generated."""
     done = {r.get("id") for r in records}
