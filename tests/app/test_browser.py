@@ -305,3 +305,166 @@ def test_a_feature_card_opens_from_the_attribution_chart(lab_env, tmp_path, monk
             browser.close()
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------------------------ issue 15 part F
+# The playground streaming, two recoveries compared on one chart, presenter replay after a reload (tiny model).
+def _streamed_counts(page, deadline: float) -> list[tuple[float, int, int]]:
+    """(seconds, base tokens, clamped tokens) read off the page while the playground streams, until it ends."""
+    seen, start = [], time.time()
+    while time.time() < deadline:
+        captions = page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
+        counts = [int(m.group(1)) for t in captions for m in [re.match(r"(\d+) tokens", t.strip())] if m]
+        if len(counts) >= 2 and (not seen or seen[-1][1:] != (counts[0], counts[1])):
+            seen.append((time.time() - start, counts[0], counts[1]))
+        if page.get_by_text("playground finished").count():
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"the playground did not finish; seen {seen[-5:]}")
+
+
+def test_playground_streams_token_by_token_in_a_real_browser(lab_env):
+    """Type a prompt on 2b · Playground: base and clamped answers grow token by token in two columns, then are judged;
+    "add to a new flips run" writes a run with the same texts."""
+    from playwright.sync_api import sync_playwright
+
+    model, data = _model(), lab_env
+    server = b.Server(data, model, log=b.ARTIFACTS / "playground-server.log").start()
+    timings = {"model": model}
+    try:
+        with sync_playwright() as pw:
+            browser = b.launch(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            page.goto(f"{server.url}/features")
+            b.settle(page, 240)
+            if model == "tiny":  # the tiny SAE ships no preset: clamp three features by index
+                page.get_by_role("tab", name="By index").click()
+                b.set_number(page, "Feature indices", "1, 2, 3")
+                b.click(page, "Add to the clamp set")
+            b.nav(page, "2b · Playground")
+            b.assert_no_exception(page, "playground")
+            page.get_by_label("Prompt", exact=True).fill("How do I bake bread at home?")
+            b.set_number(page, "Max new tokens", 48 if model == "default" else 24)
+            t0 = time.time()
+            page.get_by_role("button", name="Generate side by side").click()
+            page.get_by_text("streaming…").first.wait_for(timeout=120_000)
+            timings["first_token_visible_s"] = round(time.time() - t0, 2)
+            seen = _streamed_counts(page, time.time() + 600)
+            timings["stream_done_s"] = round(time.time() - t0, 2)
+            b.settle(page, 120)
+            b.assert_no_exception(page, "playground streamed")
+            # the page showed partial answers on the way: several counts before the end, growing
+            partial = [s for s in seen if s[1] < seen[-1][1] or s[2] < seen[-1][2]]
+            assert len(partial) >= 2, seen
+            assert [s[1] for s in seen] == sorted(s[1] for s in seen) and [s[2] for s in seen] == sorted(s[2] for s in seen)
+            timings["distinct_frames"] = len(seen)
+            b.shot(page, "20-playground-streamed")
+            page.get_by_text("A new flips run").first.click()
+            b.settle(page)
+            b.click(page, "Make a new flips run of this prompt")
+            page.get_by_text("Started the new flips run").first.wait_for(timeout=60_000)
+            b.assert_no_exception(page, "playground add")
+            runs = [p for p in (data / "runs").iterdir() if p.name.endswith("-playground")]
+            assert len(runs) == 1
+            end = time.time() + 600
+            while not (runs[0] / "summary.json").is_file() and time.time() < end:  # the server runs the flips job
+                time.sleep(0.5)
+            browser.close()
+    finally:
+        server.stop()
+        (b.ARTIFACTS / "playground-timings.json").write_text(json.dumps(timings, indent=2))
+    rows = [json.loads(line) for line in (runs[0] / "flips.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["How do I bake bread at home?"]
+
+
+def test_comparing_two_recoveries_on_one_chart_in_a_real_browser(lab_env):
+    """Runs → Compare: pick two recoveries; one chart, a settings table, the picks in the address; a reload (the
+    shareable link) reopens the same view."""
+    from playwright.sync_api import sync_playwright
+
+    from engine.store import catalogue
+    from tests.app.apphelpers import add_recovery, make_flips_run
+
+    data = lab_env
+    run = make_flips_run(data, "cmp-run", n=2)
+    add_recovery(run, steps=3, budget=2.0)
+    add_recovery(run, steps=5, budget=7.0)
+    keys = [f"cmp-run/{r.name}" for r in catalogue.get_run("cmp-run").recoveries]
+    server = b.Server(data, "tiny", log=b.ARTIFACTS / "compare-server.log").start()
+    try:
+        with sync_playwright() as pw:
+            browser = b.launch(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            t0 = time.time()
+            page.goto(f"{server.url}/runs")
+            b.settle(page, 180)
+            b.shot(page, "21-runs-table")
+            page.get_by_role("tab", name="Compare").click()
+            b.settle(page)
+            box = page.get_by_role("combobox", name="Recoveries and sweeps to compare (RUN/RECORD)")
+            for key in keys:
+                box.click()
+                page.get_by_role("option", name=key, exact=True).click()
+                b.settle(page)
+            page.keyboard.press("Escape")
+            b.settle(page)
+            b.assert_no_exception(page, "compare")
+            url = page.url
+            assert "runs_tab=Compare" in url and all(k.split("/")[1] in url for k in keys), url
+            charts = page.locator("[data-testid='stVegaLiteChart']")
+            assert charts.count() >= 1
+            table = page.locator("[data-testid='stTable']").first
+            header = table.inner_text()
+            assert all(k.replace("/", " · ") in header for k in keys) and "projection" in header
+            b.shot(page, "22-compare-two-recoveries")
+            # the shareable link: a new tab on the same address opens the same view
+            other = browser.new_page(viewport={"width": 1400, "height": 1600})
+            other.goto(url)
+            b.settle(other, 180)
+            assert all(other.get_by_text(k, exact=True).count() for k in keys)  # the picks, as the multiselect's tags
+            assert all(k.replace("/", " · ") in other.locator("[data-testid='stTable']").first.inner_text() for k in keys)
+            b.assert_no_exception(other, "compare link")
+            b.shot(other, "23-compare-from-link")
+            print(f"compare flow {time.time() - t0:.1f} s")
+            browser.close()
+    finally:
+        server.stop()
+
+
+def test_presenter_replay_survives_a_reload_in_a_real_browser(lab_env):
+    """Presenter mode opens on the newest run with something to replay; Play, reload mid-replay: it goes on from the step
+    it had reached (the position is in the address)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.app.apphelpers import add_recovery, make_flips_run
+
+    data = lab_env
+    add_recovery(make_flips_run(data, "replay-run", n=2), steps=16)
+    time.sleep(0.01)
+    make_flips_run(data, "newer-no-recovery", n=2)
+    server = b.Server(data, "tiny", log=b.ARTIFACTS / "presenter-server.log").start()
+    try:
+        with sync_playwright() as pw:
+            browser = b.launch(pw)
+            page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            page.goto(f"{server.url}/recovery?presenter=true&run=newer-no-recovery")
+            b.settle(page, 180)
+            page.get_by_text(re.compile(r"Replay of\s*replay-run")).first.wait_for()
+            b.click(page, "Restart")
+            page.get_by_role("button", name="Play", exact=True).click()
+            page.get_by_text(re.compile(r"step [3-9] of 17")).first.wait_for(timeout=60_000)
+            b.shot(page, "24-presenter-mid-replay")
+            reached = int(re.search(r"replay_step=(\d+)", page.url).group(1))
+            assert 3 <= reached < 17 and "replay_playing=1" in page.url, page.url
+            page.reload()
+            page.get_by_text(re.compile(r"Replay of\s*replay-run")).first.wait_for(timeout=120_000)
+            text = page.locator("[data-testid='stProgress']").first.inner_text()
+            after = int(re.search(r"step (\d+) of 17", text).group(1))
+            assert after >= reached, (reached, text)
+            page.get_by_text("step 17 of 17").first.wait_for(timeout=60_000)  # it played on to the end
+            b.settle(page)
+            b.assert_no_exception(page, "presenter after reload")
+            b.shot(page, "25-presenter-after-reload")
+            browser.close()
+    finally:
+        server.stop()
