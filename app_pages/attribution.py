@@ -102,3 +102,9 @@ if record.has_attribution and not ticking:
     av.topk_table(top, card_spec)
 elif not ticking:
     st.info(f"No attribution of `{record.name}` yet." + ("" if state.presenter() else " Run it above."))
+
+from engine.method.judge import JudgeConfig  # noqa: E402  (issue 15: the judge's lists on every page that judges)
+from ui import verdict_views  # noqa: E402
+
+verdict_views.judge_lists(JudgeConfig.from_json(info.config.get("judge")),
+                          "The judge's lists and thresholds of this run (each part's replay is judged with them)")

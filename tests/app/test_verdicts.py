@@ -82,3 +82,14 @@ def test_recovered_texts_explain_base_likeness(lab_env):
     assert any("base-like ✗" in t and "15 chars < 80" in t for t in texts), texts
     assert any("non-refusal ✓" in t for t in texts)
     assert any(e.label.startswith("The judge's lists") for e in at.expander)
+
+
+def test_attribution_page_shows_the_judges_lists(lab_env):
+    from tests.app.apphelpers import add_attribution_records, new_app
+
+    run = make_flips_run(lab_env, "tiny-run", n=2)
+    add_attribution_records(run, n=2)
+    at = new_app()
+    goto(at, "attribution")
+    assert not at.exception
+    assert any(e.label.startswith("The judge's lists") for e in at.expander)
