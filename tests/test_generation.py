@@ -107,3 +107,27 @@ def test_last_position_logits_equal_the_full_forward_with_a_softcap(tiny_lm, mon
         full = tiny_lm.model(batch.tokens, attention_mask=batch.attention_mask)[:, -1]
     assert logits.shape == full.shape and logits.abs().max() <= 0.5
     assert torch.allclose(logits, full, atol=1e-5)
+
+
+def test_attention_weights_are_laid_out_copy_free_with_identical_logits(tiny_lm, monkeypatch):
+    """engine/lm/fast.py stores W_Q/W_K/W_V/W_O as views of one [d_model, (head d_head)] block, so TransformerLens'
+    per-call rearranges are views (no weight copy), while values, state_dict and logits stay exactly those of the
+    plain layout."""
+    import einops
+    import torch
+
+    from engine.lm import fast
+    from engine.lm.tiny import tiny_model
+
+    attn = tiny_lm.model.blocks[0].attn
+    assert einops.rearrange(attn.W_Q, "h m d -> (h d) m").data_ptr() == attn.W_Q.data_ptr()
+    w_o = einops.rearrange(attn.W_O, "h d m -> m (h d)")
+    assert w_o.is_contiguous() and w_o.data_ptr() == attn.W_O.data_ptr()
+    monkeypatch.setattr(fast, "_relayout_attention", lambda attn: None)
+    plain = tiny_model(seed=0)
+    assert plain.model.blocks[0].attn.W_Q.is_contiguous()
+    ours, theirs = tiny_lm.model.state_dict(), plain.model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    toks = torch.tensor([tiny_lm.encode(tiny_lm.chat_prompt(p)) for p in ("count to ten please",)])
+    with torch.no_grad():
+        assert torch.equal(tiny_lm.model(toks), plain.model(toks))
