@@ -1,7 +1,7 @@
 """Verdict badges that explain themselves, and the judge's lists (the rules come from ``engine.method.verdicts``).
 
 A badge is one line — the verdict with ✓/✗ and the rules that decided it, each with its measured value and
-threshold ("base-like ✗: 29 chars < 80") — and an **All rules** popover with every rule checked. Nothing is judged
+threshold ("base-like ✗: 29 chars < 80") — and an ⓘ popover with every rule checked. Nothing is judged
 here: the engine explains, this module draws.
 """
 
@@ -42,15 +42,15 @@ def rules_table(ex: Explanation) -> str:
 
 
 def badge(ex: Explanation, recorded: bool | None = None) -> None:
-    """One verdict: the badge, its deciding rules, and every rule behind **All rules**.
+    """One verdict: the badge, its deciding rules, and every rule behind the ⓘ popover.
 
     ``recorded``: the verdict saved when the text was judged; a different verdict now (the judge's lists were
     edited since) is said, never hidden.
     """
     line = f"{badge_text(ex)} " + md_escape("; ".join(r.text for r in ex.deciding))
-    left, right = st.columns([5, 1], vertical_alignment="center")
+    left, right = st.columns([9, 1], vertical_alignment="center")
     left.markdown(line)
-    with right.popover("All rules", width="stretch"):
+    with right.popover(":material/info:", help="All rules: each with its measured value and threshold"):
         st.markdown(f"**{ex.verdict}** holds when {'any rule fires' if ex.any_rule else 'every rule passes'}.")
         st.markdown(rules_table(ex))
     if recorded is not None and recorded != ex.holds:

@@ -259,6 +259,65 @@ def test_a_budget_of_0_keeps_start_off_in_a_real_browser(lab_env):
     assert not (run / "recoveries").exists() and not (run / "recovery.jsonl").exists()  # no job ever started
 
 
+def test_first_streamed_flip_arrives_before_the_flips_job_ends(lab_env):
+    """Issue 15: "Results appear above as they stream in" must be true. The first base answer and the first judged flip
+    show up while the job still runs (its Cancel button is there, the run's full view is not yet); the times from the
+    click are written to ``test-artifacts/streaming-timings.json`` with two screenshots."""
+    from playwright.sync_api import sync_playwright
+
+    model = _model()
+    data = lab_env
+    server = b.Server(data, model, log=b.ARTIFACTS / "streaming-server.log").start()
+    n_prompts, tokens = (4, 16) if model == "default" else (10, 24)
+    times: dict[str, float] = {}
+    try:
+        with sync_playwright() as pw:
+            browser = b.launch(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(f"{server.url}/features")
+            b.settle(page, 180)
+            if model != "default":  # the default SAE's shipped preset is the clamp set already; tiny has none
+                page.get_by_role("tab", name="By index").click()
+                page.get_by_label("Feature indices", exact=True).fill("1, 2, 3")
+                page.get_by_label("Feature indices", exact=True).press("Enter")
+                b.settle(page)
+                b.click(page, "Add to the clamp set")
+            b.nav(page, "3 · Flips and labels")
+            b.set_number(page, "How many prompts", n_prompts)
+            b.set_number(page, "Batch size", 2)
+            b.set_number(page, "Max new tokens", tokens)
+            t0 = time.time()
+            page.get_by_role("button", name="Run base vs clamped").click()
+            pending = page.get_by_text("generating the clamped answer of this batch…")
+            flip = page.get_by_text(re.compile(r"^valid flip [✓✗]"))
+            done = page.get_by_text("Valid flips", exact=True)
+            cancel = page.get_by_role("button", name="Cancel")
+            deadline = t0 + 900
+            while time.time() < deadline and not done.count():
+                now = time.time() - t0
+                if "first base answer" not in times and pending.count():
+                    times["first base answer"] = now
+                if "first streamed flip" not in times and flip.count():
+                    times["first streamed flip"] = now
+                    running = bool(cancel.count()) and not done.count()
+                    b.shot(page, "12-first-streamed-flip")
+                    assert running, "the first flip showed up only after the job had ended"
+                time.sleep(0.2)
+            done.first.wait_for(timeout=60_000)
+            times["job ended (full view)"] = time.time() - t0
+            b.settle(page)
+            b.assert_no_exception(page, "flips streaming")
+            b.shot(page, "13-flips-done")
+            assert "first streamed flip" in times, "no flip was shown while the job ran"
+            assert times["first streamed flip"] < times["job ended (full view)"]
+            browser.close()
+    finally:
+        server.stop()
+        (b.ARTIFACTS / "streaming-timings.json").write_text(json.dumps(
+            {"model": model, "prompts": n_prompts, "batch_size": 2, "max_new_tokens": tokens,
+             "seconds_from_click": {k: round(v, 2) for k, v in times.items()}}, indent=2))
+
+
 def test_a_feature_card_opens_from_the_attribution_chart(lab_env, tmp_path, monkeypatch):
     """Issue 15: a click on a bar of the attribution top-k chart opens that feature's card (a dialog read from the
     precomputed store, made here beforehand on the tiny model). Screenshot: 12-card-from-attribution-chart.png."""
