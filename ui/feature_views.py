@@ -194,7 +194,13 @@ def neuronpedia_tab(lm, sae) -> None:
 
 def feature_card_section(lm, sae) -> None:
     """The card of a typed feature (or of the link that opened it), read from the precomputed store
-    (``ui.card_views``), beside the Neuronpedia card when the SAE has a Neuronpedia id."""
+    (``ui.card_views``), beside the Neuronpedia card when the SAE has a Neuronpedia id. A fragment: Show card and
+    the neighbour links rerun only this section, not the whole page."""
+    _card_fragment(lm, sae)
+
+
+@st.fragment
+def _card_fragment(lm, sae) -> None:
     from ui import card_views, feature_link
 
     spec = clamp_set.row_spec(sae)
