@@ -125,27 +125,32 @@ def card_times(model: str, sae_spec: str, cache: str | None, n: int = 20) -> dic
     }
 
 
-def browser_card(page, data: Path, model: str, feature: int = 5) -> dict:
-    """A cached card in the browser: Features page, type the feature, Show card, until its header is drawn (the
-    store must exist in SAE_LAB_CACHE; the server inherits it)."""
+def browser_card(page, data: Path, model: str, features: tuple[int, ...] = (5, 1234, 77, 2048, 3000)) -> dict:
+    """Cached cards in the browser: Features page, type a feature, Show card, until its header is drawn (the store
+    must exist in SAE_LAB_CACHE; the server inherits it). The first open in a server process also builds the corpus
+    and hashes the SAE's weights (once); the others are the steady state."""
     server = b.Server(data, model, log=Path(tempfile.gettempdir()) / "bench-app-server.log").start(timeout=180)
+    times = []
     try:
         page.goto(server.url)
         b.settle(page, 180)
         page.get_by_role("link", name=PAGES[0]).first.click()
         b.settle(page, 120, interval=0.05)
-        box = page.get_by_label("Feature", exact=True)
-        box.fill(str(feature))
-        box.press("Enter")
-        b.settle(page, 60, interval=0.05)
-        t = time.perf_counter()
-        page.get_by_role("button", name="Show card").click()
-        page.get_by_text(f"Feature {feature}", exact=False).filter(has_text="corpus tokens").first.wait_for(timeout=120_000)
-        shown = time.perf_counter() - t
-        b.assert_no_exception(page, "feature card")
+        for feature in features:
+            box = page.get_by_label("Feature", exact=True)
+            box.fill(str(feature))
+            box.press("Enter")
+            b.settle(page, 60, interval=0.05)
+            t = time.perf_counter()
+            page.get_by_role("button", name="Show card").click()
+            page.get_by_text(f"Feature {feature} · fires on").first.wait_for(timeout=120_000)
+            times.append(time.perf_counter() - t)
+            b.assert_no_exception(page, "feature card")
     finally:
         server.stop()
-    return {"browser_cached_card_s": round(shown, 2), "feature": feature}
+    rest = times[1:] or times
+    return {"browser_first_card_in_server_s": round(times[0], 2), "browser_cached_card_median_s": round(statistics.median(rest), 2),
+            "browser_cached_card_max_s": round(max(rest), 2), "browser_features": list(features)}
 
 
 def main() -> None:
