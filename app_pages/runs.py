@@ -16,7 +16,7 @@ run_views.show_flash()
 
 runs = catalogue.list_runs()
 if not runs:
-    st.info("No runs yet: make one on the Flips page (or with `python -m engine flips --out data/runs/NAME`).")
+    st.info("No runs yet: make one on the Flips page; runs made from the command line show up here too.")
     run_views.trash_section()
     st.stop()
 

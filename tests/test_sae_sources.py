@@ -165,8 +165,11 @@ def test_registry_sae_loads_from_a_warm_cache_offline(tiny_lm, hf_cache, offline
     assert sae_registry.missing_downloads(ref) == [f"{ref.repo_id}/{ref.folder}/cfg.json",
                                                    f"{ref.repo_id}/{ref.folder}/sae_weights.safetensors"]
     sae = tiny_sae(tiny_lm.d_model, d_sae=48, hook_name=GPT2_ID, seed=5)
+    assert f"{GPT2_RELEASE}/{GPT2_ID}" not in [r["spec"] for r in sae_registry.cached_registry_saes()]
     sae.save_model(str(snapshot(hf_cache, ref.repo_id) / ref.folder))
     assert sae_registry.missing_downloads(ref) == []
+    # `info` lists it as cached (and only the SAEs whose files are all there)
+    assert [r["spec"] for r in sae_registry.cached_registry_saes()] == [f"{GPT2_RELEASE}/{GPT2_ID}"]
 
     def no_network(*args, **kwargs):
         raise AssertionError("the hub was called")

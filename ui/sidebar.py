@@ -44,7 +44,7 @@ def _sae_options(model_name: str) -> tuple[list[str], dict[str, str]]:
     for row in state.registry_options(model_name):
         spec = f"{row['release']}/{row['sae_id']}"
         options.append(spec)
-        captions[spec] = "sae_lens registry (needs the hub)"
+        captions[spec] = "sae_lens registry (from the local cache, else downloaded)"
     options.append(state.LOCAL_CHOICE)
     captions[state.LOCAL_CHOICE] = "an sae_lens folder on this machine"
     return options, captions

@@ -17,6 +17,7 @@ def cmd_info(args) -> dict:  # noqa: ARG001
     from engine.lm.hub import hub_reachable
     from engine.lm.loading import available_models
     from engine.lm.models import DEFAULT_MODEL_ID
+    from engine.lm.sae_registry import cached_registry_saes
     from engine.lm.sae_sources import default_sae_names, registry_saes
     from engine.paths import DEFAULT_SAE_DIR
 
@@ -30,7 +31,9 @@ def cmd_info(args) -> dict:  # noqa: ARG001
         # Hugging Face cache entries the lab can load from files (no network): load each by its name, offline too.
         "cached_models": {"cache": str(hub_cache_dir()), "models": cached_models()},
         "default_sae": default_saes[0] if default_saes else None,
-        "saes": {"default": default_saes, "registry_release_count": len({r["release"] for r in registry_saes()})},
+        "saes": {"default": default_saes, "registry_release_count": len({r["release"] for r in registry_saes()}),
+                 # registry SAEs whose files are all in the local cache: they load offline too
+                 "cached": cached_registry_saes()},
         "registry_saes": {name: registry_saes(name) for name in ("default", "gpt2")},
         "hub_reachable": hub_reachable(),
         "gpu": {"cuda": torch.cuda.is_available(), "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -153,3 +153,23 @@ def _cached_converter(conversion: str):
         return cfg, state, None
 
     return {"gemma_2": gemma_2, "sae_lens": sae_lens}[conversion]
+
+
+def cached_registry_saes() -> list[dict]:
+    """Registry SAEs whose files are all in the Hugging Face cache (``{spec, repo, model}``); files only, no network.
+
+    Releases whose repo has no folder in the cache are skipped before any id is looked at, so this stays fast with
+    sae_lens' thousands of ids."""
+    from huggingface_hub import constants
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    cache = Path(constants.HF_HUB_CACHE)
+    rows: list[dict] = []
+    for release, lookup in get_pretrained_saes_directory().items():
+        if not (cache / f"models--{lookup.repo_id.replace('/', '--')}").is_dir():
+            continue
+        for sae_id in lookup.saes_map:
+            ref = resolve(f"{release}/{sae_id}")
+            if not missing_downloads(ref):
+                rows.append({"spec": ref.spec, "repo": ref.repo_id, "model": ref.model})
+    return rows
