@@ -86,7 +86,7 @@ def test_recovery_phase_sequence_and_steps(tiny_lm, flips_run):
     seen: list[ProgressEvent] = []
     cfg = RecoveryConfig(steps=4, budget=10.0, max_new_tokens=4, batch_size=1)
     run_recovery(flips_run, cfg, lm=tiny_lm, on_progress=seen.append, name="phases")
-    assert _monotone(seen) and all(e.total == 2 * 4 and e.unit == "steps" for e in seen)
+    assert _monotone(seen) and all(e.total == 2 * 4 and e.unit == "prompt-steps" for e in seen)
     phases = [e.phase for e in seen]
     collapsed = [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
     assert collapsed == ["preparing", "optimising", "generating recovered answers", "preparing", "optimising",

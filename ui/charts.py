@@ -206,8 +206,9 @@ def compare_chart(steps: list[dict], sweeps: list[dict], records: list[str], hei
         base = alt.Chart(part, title=title).encode(x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)), color=color)
         y_title = f"{metric} (mean over prompts)"  # one title for both layers (Vega-Lite joins differing ones)
         band = base.mark_area(opacity=0.12).encode(y=alt.Y("min:Q", title=y_title), y2="max:Q")
+        # a dash per record too: two recoveries whose curves coincide (e.g. the same loss) stay distinguishable
         line = base.mark_line(point=len(part) < 80).encode(
-            y=alt.Y("mean:Q", title=y_title),
+            y=alt.Y("mean:Q", title=y_title), strokeDash=alt.StrokeDash("record:N", legend=None, sort=records),
             tooltip=["record", "step", alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("min:Q", format=".4g"),
                      alt.Tooltip("max:Q", format=".4g"), "prompts"])
         panels.append((band + line).properties(height=height, width=340))

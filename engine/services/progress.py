@@ -79,11 +79,11 @@ class StepCounter:
             return
         self.seen[prompt_id] = now
         self.current = "optimising" if self.current in ("preparing", "optimising") else self.current
-        report(self.on_progress, self.current, self.done, self.total, "steps", f"prompt #{prompt_id}, step {now}/{self.steps}")
+        report(self.on_progress, self.current, self.done, self.total, "prompt-steps", f"prompt #{prompt_id}, step {now}/{self.steps}")
 
     def phase(self, phase: str, detail: str, finished: Sequence[int] = ()) -> None:
         """A :data:`PhaseFn`: the loop entered ``phase``; ``finished`` prompts count all their steps (a zero-δ batch)."""
         for pid in finished:
             self.seen[int(pid)] = self.steps
         self.current = phase
-        report(self.on_progress, phase, self.done, self.total, "steps", detail)
+        report(self.on_progress, phase, self.done, self.total, "prompt-steps", detail)
