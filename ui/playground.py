@@ -91,7 +91,7 @@ def start(lm, specs: list, prompt: str, gen: GenerationConfig) -> jobs.Job | Non
             j.log(step)
             result.sides[step.side] = step
             done = sum(gen.max_new_tokens if s.done else s.n_tokens for s in result.sides.values())
-            j.set_progress(done, total, f"· {step.side} token {step.n_tokens}")
+            j.set_progress(done, total, f"{step.side} token {step.n_tokens}")
         return result
 
     job = jobs.start_job("playground", work, meta={"model": lm.name})
@@ -124,7 +124,7 @@ def answers(sides: dict[str, dict], judge_cfg: JudgeConfig | None, running: bool
             else:
                 st.markdown(f"**{TITLES[side]}**" + (" — streaming…" if running else ""))
                 st.html(render.highlighted(text + (" ▌" if running else ""), None))
-            st.caption(f"{ev['n_tokens'] if ev else 0} tokens" + (f" · stopped by token {ev['stop_id']}" if ev and ev.get("stop_id") is not None
+            st.caption(f"{ev['n_tokens'] if ev else 0} tokens" + (" · ended by a stop token" if ev and ev.get("stop_id") is not None
                                                                    else " · cut at max new tokens" if ev and ev["done"] else ""))
 
 
