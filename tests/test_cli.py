@@ -122,7 +122,7 @@ def test_bad_inputs_each_give_one_clear_line(tmp_path, capsys, narrow_sae, wrong
     code, _, err = run_cli(capsys, *args)
     _one_line_error(code, err, "not writable")
     code, _, err = run_cli(capsys, *flips_args(tmp_path, "--model", "gpt2", "--features", "0", "--value", "1"))
-    _one_line_error(code, err, "unreachable")
+    _one_line_error(code, err, "gpt2 is not in the Hugging Face cache")  # offline: the warm-cache route is tried first
     code, _, err = run_cli(capsys, *flips_args(tmp_path, "--max-new-tokens", "0"))
     _one_line_error(code, err, "at least 1")
     code, _, err = run_cli(capsys, "flips")
