@@ -57,10 +57,15 @@ def summary_metrics(summary: dict) -> None:
         col.metric(title, f"{summary.get(key, 0):.0%}")
         col.caption(_ci_text(summary, ci))
     cols = st.columns(3)
-    cols[0].metric("Mean drift of clamped features", _small(summary.get("mean_drift", 0)),
-                   help="All clamped features of every layer together, over every position (prompt and answer).")
-    cols[1].metric("Floor violation", _small(summary.get("mean_floor_violation", 0)), help="All clamped features together.")
-    cols[2].metric("Relative ‖δ‖", f"{summary.get('mean_delta_rel_norm', 0):.3f}")
+    cols[0].metric("Mean drift, every position", _small(summary.get("mean_drift", 0)),
+                   help="All clamped features of every layer together, over every position (prompt and answer); the "
+                        "per-layer table below gives it per layer, over answer positions (the paper's pooling) and over "
+                        "every position.")
+    cols[1].metric("Floor violation, every position", _small(summary.get("mean_floor_violation", 0)),
+                   help="All clamped features of every layer together, over every position, like the drift beside it.")
+    cols[2].metric("Relative ‖δ‖", f"{summary.get('mean_delta_rel_norm', 0):.3f}",
+                   help="‖δ‖ / ‖h‖ at δ's layer, averaged over the recovered prompts: how large the perturbation is "
+                        "against the residual stream it is added to.")
     layer_summary(summary)
     if summary.get("cancelled"):
         st.warning("This recovery was cancelled; the numbers cover the flips it finished.")
