@@ -30,9 +30,10 @@ def metric_chart(df: pd.DataFrame, metric: str, title: str, height: int = 230, l
         .mark_line(point=len(df) < 60)
         .encode(
             x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)),
-            y=alt.Y(f"{metric}:Q", title=metric.replace("_", " "), scale=scale),
+            # "~g": 1.7e-7 stays readable where a fixed format writes 0.00000017 (an encoder run's drift)
+            y=alt.Y(f"{metric}:Q", title=metric.replace("_", " "), scale=scale, axis=alt.Axis(format="~g")),
             color=alt.Color("prompt:N", title="prompt", legend=alt.Legend(columns=2, symbolLimit=24)),
-            tooltip=["prompt", "step", alt.Tooltip(f"{metric}:Q", format=".4f")],
+            tooltip=["prompt", "step", alt.Tooltip(f"{metric}:Q", format=".4~g")],
         )
         .properties(height=height)
     )
