@@ -174,8 +174,16 @@ def render_card(card, sae, spec: str, key: str) -> None:
             for i, n in enumerate(card.neighbours):
                 cols[i % 4].button(f"#{n.feature} · {n.cosine:.2f}", key=f"{key}_nb_{card.feature}_{n.feature}",
                                    on_click=feature_link.set_target, args=(spec, n.feature), help=f"Open the card of feature {n.feature}")
-    _examples("Top activations", card.top_examples, card.max_activation, lambda e: f"{e.activation:.2f} · text {e.text_index}")
-    _examples("Sampled across activation quantiles", card.quantile_examples, card.max_activation,
+    # One outlying token (e.g. 181 where the next is 18) would leave every other example unshaded: shade up to the
+    # second-highest example instead, and say so.
+    shade_max = card.max_activation
+    acts = sorted((e.activation for e in card.top_examples), reverse=True)
+    if len(acts) > 1 and acts[1] > 0 and acts[0] > 3 * acts[1]:
+        shade_max = acts[1]
+        st.caption(f"Outlier: one token reaches {acts[0]:.2f}, the next highest example {acts[1]:.2f}; the histogram's "
+                   f"axis is stretched by it, and shading saturates at {acts[1]:.2f}.")
+    _examples("Top activations", card.top_examples, shade_max, lambda e: f"{e.activation:.2f} · text {e.text_index}")
+    _examples("Sampled across activation quantiles", card.quantile_examples, shade_max,
               lambda e: f"{e.activation:.2f} · percentile {100 * e.quantile:.0f} of where it fires")
     st.caption("Tokens: ␣ is a leading space, ⏎ a newline; shading is the feature's activation on each token "
                "(its maximum = full red); the outlined token is the example.")
