@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -89,6 +90,24 @@ class Server:
 
 def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+@contextlib.contextmanager
+def browsing(data: Path, model: str, log_name: str, width: int = 1400, height: int = 1100):
+    """A dashboard server on ``data`` with ``model``, a Chromium and one page of that size: ``(server, browser, page)``.
+    The browser is closed and the server stopped whatever happens (its log: ``ARTIFACTS/log_name``)."""
+    from playwright.sync_api import sync_playwright
+
+    server = Server(data, model, log=ARTIFACTS / log_name).start()
+    try:
+        with sync_playwright() as pw:
+            browser = launch(pw)
+            try:
+                yield server, browser, browser.new_page(viewport={"width": width, "height": height})
+            finally:
+                browser.close()
+    finally:
+        server.stop()
 
 
 def settle(page, timeout: float = 120, interval: float = 0.3, checks: int = 3) -> None:
