@@ -144,7 +144,7 @@ def agreement_view(found: agreement.Agreement) -> None:
     cols[2].metric("Unsure (left out)", j.n_unsure)
     cols[3].metric("Not labelled", j.n_unlabelled)
     if j.kappa.value is None:
-        st.caption(f"κ is not defined: {j.kappa.reason}.")
+        st.caption(f"κ is not defined: {(j.kappa.reason or '').removeprefix('undefined: ')}.")
     st.dataframe(j.confusion.rows(), hide_index=True, key="agreement_table")
     st.caption("Rows: the judge's verdict (valid flip or not). Columns: the humans' consensus (the majority label "
                "over labellers; a tie counts as unsure). genuine ⇔ valid."

@@ -171,10 +171,12 @@ def add_section(lm, result: PlaygroundResult) -> None:
     if result.gen.do_sample:
         st.info("Flips runs decode greedily: turn **Sample** off and generate again to add this prompt to a run.")
         return
-    where = st.radio("Add to", ["An existing flips run", "A new flips run"], horizontal=True, key="pg_add_where")
+    runs = _flips_runs()
+    # with no flips run yet, "a new one" is the only choice that can work, so it is the one offered first
+    where = st.radio("Add to", ["An existing flips run", "A new flips run"], horizontal=True, key="pg_add_where",
+                     index=0 if runs else 1)
     base, clamped = result.sides["base"], result.sides["clamped"]
     if where == "An existing flips run":
-        runs = _flips_runs()
         if not runs:
             st.caption("There is no flips run yet: add to a new one.")
             return

@@ -51,6 +51,7 @@ def test_playground_streams_both_answers_and_adds_them_to_flips_runs(lab_env):
     shown = [html.escape(result.sides[side].text[:20]) for side in ("base", "clamped") if result.sides[side].text.strip()]
     assert shown and all(t in body for t in shown)
     assert [b for b in at.button if b.key == "pg_new_go"] or [r for r in at.radio if r.key == "pg_add_where"]
+    assert at.radio(key="pg_add_where").value == "A new flips run"  # no flips run exists yet: a new one is offered first
 
     # a new flips run of the prompt (the one writer of a fresh run answers it again: the same texts)
     at.radio(key="pg_add_where").set_value("A new flips run").run()
