@@ -103,7 +103,9 @@ def clamp_state(lm, sae) -> dict:
                     set_rows(lm, [_row(row_spec(sae), spec.features, spec.mode, spec.values)], "the SAE's shipped preset", bump=False)
                 except LabError as exc:
                     logger.warning("preset %s not usable: %s", path, exc)
-    return cur
+    # set_rows replaces the state's dict, so return what is stored now, not the empty one made above (the first page
+    # a session opened showed "No clamp set yet" beside a preset that was already loaded)
+    return st.session_state[KEY]
 
 
 def _row(spec: str, features, mode: str, values) -> dict:
