@@ -152,7 +152,7 @@ def test_unsupported_architecture_folder_is_one_clear_error(tmp_path):
 
 
 def test_missing_cached_file_offline_fails_fast_naming_it(offline, tmp_path, monkeypatch):
-    from engine.lm.hf_sources import hub_cache_dir
+    from engine.lm.hub import hub_cache_dir
     from engine.lm.loading import load_model
 
     snap = put_in_cache(offline["folders"]["llama"], tmp_path / "cache2", "meta-llama/Llama-3.2-1B")

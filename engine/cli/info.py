@@ -13,8 +13,8 @@ def cmd_info(args) -> dict:  # noqa: ARG001
     import torch
 
     from engine.lm.gpu import memory_status
-    from engine.lm.hf_sources import cached_models, hub_cache_dir
-    from engine.lm.hub import hub_reachable
+    from engine.lm.hf_sources import cached_models
+    from engine.lm.hub import hub_cache_dir, hub_reachable
     from engine.lm.loading import available_models
     from engine.lm.models import DEFAULT_MODEL_ID
     from engine.lm.sae_registry import cached_registry_saes

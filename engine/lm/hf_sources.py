@@ -27,6 +27,7 @@ from engine.errors import HubUnreachableError, LabError
 from engine.lm.architectures import CONVERTERS, architecture_of, tl_config_dict
 from engine.lm.dtypes import dtype_name, resolve_dtype
 from engine.lm.fast import accelerate
+from engine.lm.hub import cached_file, hub_cache_dir
 from engine.lm.models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -81,12 +82,6 @@ def _read_config(folder: Path) -> dict:
         raise LabError(f"cannot read {folder / 'config.json'}: {exc}") from None
 
 
-def hub_cache_dir() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
 @dataclass
 class CachedSnapshot:
     """An official repo's snapshot in the Hugging Face cache."""
@@ -101,12 +96,10 @@ class CachedSnapshot:
 
 def cached_snapshot(repo_id: str) -> CachedSnapshot:
     """Where ``repo_id`` is in the cache and what it lacks; reads files only, never the network."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=hub_cache_dir())
-    if not isinstance(found, str):
+    found = cached_file(repo_id, "config.json")
+    if found is None:
         return CachedSnapshot(repo_id, None, ["config.json"])
-    folder = Path(found).parent
+    folder = found.parent
     return CachedSnapshot(repo_id, folder, missing_files(folder))
 
 

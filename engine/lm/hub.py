@@ -1,8 +1,9 @@
-"""Reachability of the model hub, answered in seconds, never a hang."""
+"""Reachability of the model hub, answered in seconds, never a hang; and what its local cache holds (files only)."""
 
 import functools
 import logging
 import os
+from pathlib import Path
 
 import requests
 
@@ -25,3 +26,18 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         logger.info("hub unreachable: %s", type(exc).__name__)
         return False
     return True
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache (``HF_HUB_CACHE``/``HF_HOME``), read at call time so a changed setting is seen."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def cached_file(repo_id: str, filename: str) -> Path | None:
+    """The cached copy of ``repo_id``'s ``filename`` (main revision), or None; never touches the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=hub_cache_dir())
+    return Path(found) if isinstance(found, str) and os.path.isfile(found) else None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engine.errors import HubUnreachableError, LabError
 from engine.lm.gemma_scope import read_params
-from engine.lm.hub import hub_reachable
+from engine.lm.hub import cached_file, hub_cache_dir, hub_reachable
 from engine.lm.saes import same_model
 
 logger = logging.getLogger(__name__)
@@ -74,14 +74,6 @@ def resolve(spec: str) -> RegistryRef:
         raise LabError(f"release {release!r} has no SAE id {sae_id!r} (it has e.g. {', '.join(list(lookup.saes_map)[:3])})")
     return RegistryRef(release, sae_id, lookup.repo_id, lookup.saes_map[sae_id], lookup.conversion_func or "sae_lens",
                        lookup.model, lookup.neuronpedia_id.get(sae_id))
-
-
-def cached_file(repo_id: str, filename: str) -> Path | None:
-    """The cached copy of ``repo_id``'s ``filename`` (main revision), or None; never touches the network."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, filename)
-    return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
 
 
 def cached_snapshot(repo_id: str) -> Path | None:
@@ -160,10 +152,9 @@ def cached_registry_saes() -> list[dict]:
 
     Releases whose repo has no folder in the cache are skipped before any id is looked at, so this stays fast with
     sae_lens' thousands of ids."""
-    from huggingface_hub import constants
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    cache = Path(constants.HF_HUB_CACHE)
+    cache = hub_cache_dir()
     rows: list[dict] = []
     for release, lookup in get_pretrained_saes_directory().items():
         if not (cache / f"models--{lookup.repo_id.replace('/', '--')}").is_dir():

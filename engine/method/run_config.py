@@ -244,8 +244,9 @@ def missing_downloads(cfg: RunConfig, rows: list[dict] | None, search: bool = Fa
     """What is not in the local Hugging Face cache, never touching the network: the ``downloads`` (unless not
     ``model_files``: another model was chosen), the ``search_downloads`` with ``search``, the registry SAEs of the
     clamp ``rows``, and (``need_clamp``) the clamp file (default: the configuration's) when it is not built yet."""
-    from engine.lm.sae_registry import cached_file, resolve
+    from engine.lm.hub import cached_file
     from engine.lm.sae_registry import missing_downloads as missing_sae
+    from engine.lm.sae_registry import resolve
     from engine.method.clamp_sets import sae_spec_of
 
     wanted = (list(cfg.downloads) if model_files else []) + (list(cfg.search_downloads) if search else [])
