@@ -18,19 +18,13 @@ PAPER = CONFIG_DIR / "paper-refusal-gemma-2-2b-it.json"
 
 
 @pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
+def offline_cache(hf_cache, monkeypatch):
     """An empty Hugging Face cache and an unreachable hub."""
-    from huggingface_hub import constants
-
     from engine.lm.hub import hub_reachable
 
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub_reachable.cache_clear()
-    yield cache
+    yield hf_cache
     hub_reachable.cache_clear()
 
 

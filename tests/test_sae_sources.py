@@ -44,18 +44,6 @@ def offline(monkeypatch):
     hub_reachable.cache_clear()
 
 
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache in tmp, pointed at by the env and by huggingface_hub's constants."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
 def snapshot(cache, repo_id: str, commit: str = "0" * 40):
     """The snapshot folder of ``repo_id`` at ``commit`` in the cache layout huggingface_hub reads (refs/main → commit)."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"

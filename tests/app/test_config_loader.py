@@ -11,17 +11,6 @@ from tests.app.apphelpers import clamp_rows, goto, problems
 
 
 @pytest.fixture
-def empty_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
-@pytest.fixture
 def config_dir(tmp_path, monkeypatch):
     from engine.method import run_config
 
@@ -36,7 +25,7 @@ def _texts(app) -> str:
                      + [str(e.value) for e in app.success] + [str(e.value) for e in app.markdown])
 
 
-def test_paper_configuration_lists_what_is_missing(app, empty_cache):
+def test_paper_configuration_lists_what_is_missing(app, hf_cache):
     goto(app, "flips")
     assert app.selectbox(key="config_loader_choice").value == "paper-refusal-gemma-2-2b-it"
     text = _texts(app)
@@ -46,7 +35,7 @@ def test_paper_configuration_lists_what_is_missing(app, empty_cache):
     assert not app.exception and not problems(app)
 
 
-def test_a_configuration_fills_the_form_and_the_clamp_set(app, config_dir, empty_cache):
+def test_a_configuration_fills_the_form_and_the_clamp_set(app, config_dir, hf_cache):
     rows = [{"sae": "tiny:blocks.1.hook_resid_post", "features": [0, 3], "mode": "set", "values": [6.0, 7.0]},
             {"sae": "tiny:blocks.2.hook_resid_post", "features": [1], "mode": "set", "values": [2.0]}]
     (config_dir / "tiny.clamp.json").write_text(json.dumps({"clamps": rows}))
