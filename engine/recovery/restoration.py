@@ -21,6 +21,8 @@ vector–Jacobian product, and Av a Jacobian–vector product obtained by differ
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -29,6 +31,7 @@ from engine.recovery.config import RecoveryConfig
 from engine.recovery.objective import DeltaObjective
 from engine.recovery.projection import EncoderProjector, hold_constraints
 
+logger = logging.getLogger(__name__)
 
 def _dot(a: Tensor, b: Tensor) -> Float[Tensor, " batch"]:
     return (a * b).flatten(1).sum(1)
@@ -97,6 +100,7 @@ class GaussNewtonRestorer:
             beta = torch.where(live, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs))
             p = res + beta[:, None, None] * p
             rs = rs_new
+            logger.debug("CG residual ratio %s", (rs / rr.clamp_min(1e-30)).sqrt().tolist())
         step = a_t(x)
         self._line_search(step, rr)
         return rr.sqrt()
@@ -117,7 +121,9 @@ class GaussNewtonRestorer:
                     a = alpha.view(-1, *([1] * (c.dim() - 1)))
                     t.copy_(t0 - a * c)
             hold_constraints(self.params, self.encoder, self.objective.problem.prompt_rows, self.budget, self.cfg.budget_kind)
-            better = self._residual_sq() < rr
+            after = self._residual_sq()
+            better = after < rr
+            logger.debug("line search alpha %s: |r| %s -> %s", alpha.tolist(), rr.sqrt().tolist(), after.sqrt().tolist())
             todo = todo & ~better
             if not bool(todo.any()):
                 return
