@@ -14,6 +14,7 @@ import sys
 from engine.cli import features as features_cli
 from engine.cli import flips, info, ksweep, recovery
 from engine.cli import labels as labels_cli
+from engine.cli import study as study_cli
 from engine.cli.args import Parser
 from engine.errors import LabError
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     features_cli.add_command(sub)
     ksweep.add_command(sub)
     labels_cli.add_commands(sub)
+    study_cli.add_command(sub)
     return p
 
 

@@ -1,0 +1,1 @@
+"""Studies that run the whole method over several SAEs (docs/STUDY.md)."""
