@@ -1,6 +1,7 @@
 """Loading an SAE by spec: the shipped default, ``tiny``, a local folder (sae_lens or Gemma Scope), or the registry.
 
-Specs: ``default`` (the primary shipped SAE), ``default:HOOK``, ``tiny`` / ``tiny:HOOK`` (a random SAE for the tiny
+Specs: ``default`` (the primary shipped SAE), ``default:HOOK``, ``default:ladder/NAME`` (a width-ladder SAE built
+into the user cache by ``python -m engine.sae_recipe ladder``), ``tiny`` / ``tiny:HOOK`` (a random SAE for the tiny
 model), a path to a local sae_lens folder (``cfg.json``), ``npz:PATH[@HOOK]`` or a path to a Gemma Scope folder
 holding ``params.npz`` (:mod:`engine.lm.gemma_scope`), or ``RELEASE/SAE_ID`` from sae_lens' registry, read from the
 local Hugging Face cache first (:mod:`engine.lm.sae_registry`). Every loaded SAE is checked against the model
@@ -75,6 +76,12 @@ def load_sae(spec: str, lm: LoadedModel) -> LoadedSAE:
 
 
 def _load_default(spec: str, lm: LoadedModel) -> LoadedSAE:
+    if spec.startswith("default:ladder/"):  # a width-ladder SAE built into the user cache (engine.sae_recipe.ladder)
+        from engine.sae_recipe.ladder import ladder_folder
+
+        loaded = _load_local(ladder_folder(spec.removeprefix("default:ladder/")))
+        loaded.source = spec
+        return loaded
     if lm.name == "tiny":
         return load_sae("tiny" + spec[len("default") :], lm)
     if not is_default_model(lm.name):

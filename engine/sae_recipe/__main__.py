@@ -1,7 +1,8 @@
-"""``python -m engine.sae_recipe train|preset-multi|verify``: reproduce the shipped default SAEs offline, choose the
-multi-layer preset, or check their hashes.
+"""``python -m engine.sae_recipe train|preset-multi|ladder|verify``: reproduce the shipped default SAEs offline, choose
+the multi-layer preset, build the width ladder in the user cache, or check their hashes.
 
-    python -m engine.sae_recipe train [--hook H ...] [--tokens N] [--out DIR] [--work DIR]
+    python -m engine.sae_recipe train [--hook H ...] [--tokens N] [--out DIR] [--work DIR] [--resample-every N] [--general-text N]
+    python -m engine.sae_recipe ladder [--widths W,..] [--ks K,..] [--hook H] [--model default|tiny] [--work DIR]
     python -m engine.sae_recipe preset-multi [--ks-15 K,..] [--alphas-15 A,..] [--ks-20 K,..] [--alphas-20 A,..]
                                              [--extra K15:A15:K20:A20,..] [--candidates contrast|direction] [--out DIR]
     python -m engine.sae_recipe verify [--out DIR]
@@ -10,13 +11,13 @@ multi-layer preset, or check their hashes.
 as JumpReLU, chooses its clamp preset by measurement and writes each sae_lens folder plus ``manifest.json``.
 Intermediate results (own answers, activations) are cached in ``--work`` so a rerun with the same settings skips
 them. On 2 CPU cores the whole recipe takes about 20 minutes. ``preset-multi`` measures a grid of clamps over both
-shipped SAEs and writes ``presets/default-multi.json`` (``engine.sae_recipe.multi_preset``).
+shipped SAEs and writes ``presets/default-multi.json`` (``engine.sae_recipe.multi_preset``). ``ladder`` trains one
+SAE per (width, k) by the same steps into ``cache_dir()/ladder/NAME`` (``engine.sae_recipe.ladder``).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import platform
@@ -25,12 +26,9 @@ import time
 from pathlib import Path
 
 from engine.errors import LabError
+from engine.sae_recipe.pipeline import CALIBRATION_POSITIONS, DEFAULT_HOOKS, FLOORS, PRIMARY, meets_floors  # noqa: F401 (re-exported)
 
 logger = logging.getLogger("engine.sae_recipe")
-
-DEFAULT_HOOKS = ("blocks.15.hook_resid_post", "blocks.20.hook_resid_post")
-PRIMARY = DEFAULT_HOOKS[0]
-CALIBRATION_POSITIONS = 60_000
 
 
 def _file_hashes(out: Path) -> dict[str, str]:
@@ -39,40 +37,22 @@ def _file_hashes(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): sha256(p) for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"}
 
 
-def _collected(lm, convs, hooks, tcfg, work: Path, key: str):
-    import torch
-
-    from engine.sae_recipe.train import Collected, collect
-
-    path = work / f"acts-{key}.pt"
-    if path.is_file():
-        logger.info("activations from cache %s", path)
-        raw = torch.load(path)
-        acts = {h.removeprefix("acts:"): v.float() for h, v in raw.items() if h.startswith("acts:")}
-        return Collected(acts, raw["conv"], raw["pos"], raw["label"], raw["heldout"], json.loads(raw["stats"]))
-    data = collect(lm, convs, hooks, tcfg)
-    data.acts = {h: v.half().float() for h, v in data.acts.items()}  # the cache is fp16: a rerun must see the same data
-    raw = {f"acts:{h}": v.half() for h, v in data.acts.items()}
-    torch.save({**raw, "conv": data.conv, "pos": data.pos, "label": data.label, "heldout": data.heldout, "stats": json.dumps(data.stats)}, path)
-    return data
-
-
 def cmd_train(args) -> dict:
     import torch
 
     from engine.lm.loading import load_model
-    from engine.lm.saes import LoadedSAE, hook_layer
-    from engine.sae_recipe.corpus import ANSWER, REFUSAL, CorpusConfig, build_corpus, split_prompts
-    from engine.sae_recipe.preset import PresetConfig, choose_preset
-    from engine.sae_recipe.serve import serve_as_jumprelu, write_sae_folder
-    from engine.sae_recipe.train import TrainConfig, train_topk
+    from engine.lm.saes import hook_layer
+    from engine.sae_recipe.corpus import CorpusConfig
+    from engine.sae_recipe.pipeline import build_sae, prepare
+    from engine.sae_recipe.preset import PresetConfig
+    from engine.sae_recipe.serve import write_sae_folder
+    from engine.sae_recipe.train import TrainConfig
 
     hooks = args.hook or list(DEFAULT_HOOKS)
     for h in hooks:
         if not h.startswith("blocks.") or hook_layer(h) > 29:
             raise LabError(f"hook {h!r} is not a block hook of the default model (blocks.0 … blocks.29)")
     out, work = Path(args.out), Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
     ccfg, tcfg, pcfg = CorpusConfig(seed=args.seed), TrainConfig(seed=args.seed), PresetConfig()
     if args.ks:
         pcfg.ks = tuple(int(v) for v in args.ks.split(","))
@@ -80,42 +60,22 @@ def cmd_train(args) -> dict:
         pcfg.alphas = tuple(float(v) for v in args.alphas.split(","))
     if args.tokens:
         tcfg.training_samples = args.tokens
+    if args.resample_every < 0 or args.general_text < 0:
+        raise LabError("the resampling interval and the number of general-text passages must be 0 (off) or positive")
+    tcfg.resample_every, ccfg.general_text_passages = args.resample_every, args.general_text
     torch.manual_seed(args.seed)
     t_start = time.time()
     lm = load_model("default", "cpu")
-    convs = build_corpus(lm, ccfg, answer_cache=work / "answers.json")
     # the default hooks are always collected together (outliers are dropped at every hook), so training one of them
     # alone sees exactly the same activations and reuses the cache
     collect_hooks = sorted(set(DEFAULT_HOOKS) | set(hooks))
-    key = hashlib.sha256(json.dumps([ccfg.to_json(), tcfg.outlier_factor, collect_hooks]).encode()).hexdigest()[:12]
-    data = _collected(lm, convs, collect_hooks, tcfg, work, key)
-    gen = torch.Generator().manual_seed(args.seed)
-    train_idx = torch.nonzero(~data.heldout).squeeze(1)
-    calib_idx = train_idx[torch.randperm(len(train_idx), generator=gen)[:CALIBRATION_POSITIONS]]
-    validation = split_prompts(ccfg)["heldout"]["harmless"]
+    prep = prepare(lm, ccfg, tcfg, collect_hooks, work, args.seed)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"saes": {}}
     for hook in hooks:
-        t0 = time.time()
-        x = data.acts[hook]
-        ckpt = work / f"topk-{key}-{hashlib.sha256(json.dumps([hook, tcfg.to_json()]).encode()).hexdigest()[:12]}"
-        if not (ckpt / "cfg.json").is_file():
-            train_topk(x[~data.heldout], hook, tcfg).save_model(str(ckpt))
-        else:
-            logger.info("trained TopK SAE from cache %s", ckpt)
-        from sae_lens.saes.topk_sae import TopKSAE
-
-        topk = TopKSAE.load_from_disk(str(ckpt))  # the same object whether just trained or cached
-        served, report = serve_as_jumprelu(topk, x[calib_idx], x[data.heldout], tcfg.k)
-        loaded = LoadedSAE(served, f"default:{hook}", hook)
-        mask = ~data.heldout
-        preset = choose_preset(lm, loaded, x[mask & (data.label == REFUSAL)], x[mask & (data.label == ANSWER)], validation, pcfg)
-        q = report[f"jumprelu_{report['served']}_heldout"]
-        quality = {
-            "heldout": q, **report, "floors": FLOORS, "meets_floors": meets_floors(q),
-            "train_seconds": round(time.time() - t0, 1),
-        }
-        write_sae_folder(served, out / hook, {"quality.json": quality, "preset.json": preset})
+        built = build_sae(lm, prep, hook, tcfg, pcfg, work)
+        preset, q = built.preset, built.quality["heldout"]
+        write_sae_folder(built.served, out / hook, {"quality.json": built.quality, "preset.json": preset})
         manifest["saes"][hook] = {"k": preset["k"], "alpha": preset["alpha"], "heldout": q, "preset_grid": pcfg.to_json(),
                                   "command": "python -m engine.sae_recipe train " + " ".join(sys.argv[2:])}
         logger.info("%s written: %s", hook, q)
@@ -129,7 +89,7 @@ def cmd_train(args) -> dict:
         "recipe": {"command": "python -m engine.sae_recipe train " + " ".join(sys.argv[2:]), "corpus": ccfg.to_json(), "train": tcfg.to_json(),
                    "preset": pcfg.to_json(), "calibration_positions": CALIBRATION_POSITIONS, "hooks": list(DEFAULT_HOOKS)},
         "seeds": {"corpus": ccfg.seed, "train": tcfg.seed, "torch": args.seed},
-        "collection": data.stats,
+        "collection": prep.data.stats,
         "versions": {"torch": torch.__version__, "sae_lens": sae_lens.__version__, "python": platform.python_version()},
         "total_seconds_last_run": round(time.time() - t_start, 1),
     })
@@ -192,13 +152,25 @@ def cmd_preset_multi(args) -> dict:
             "n": best["n"], "ablation": preset["selection"]["ablation"], "seconds": round(time.time() - t0, 1)}
 
 
-FLOORS = {"explained_variance_min": 0.7, "l0_min": 16, "l0_max": 64, "dead_fraction_max": 0.5}
-"""Quality floors of a shipped SAE on held-out activations (checked by tests/test_default_sae.py)."""
+def cmd_ladder(args) -> dict:
+    from engine.sae_recipe.ladder import DEFAULT_KS, DEFAULT_WIDTHS, LadderConfig, build_ladder, parse_sizes
 
+    def floats(text: str | None):
+        try:
+            return tuple(float(v) for v in text.split(",") if v.strip()) if text else None
+        except ValueError:
+            raise LabError(f"expected comma-separated numbers, got {text!r}") from None
 
-def meets_floors(q: dict) -> bool:
-    return (q["explained_variance"] >= FLOORS["explained_variance_min"] and FLOORS["l0_min"] <= q["l0"] <= FLOORS["l0_max"]
-            and q["dead_fraction"] <= FLOORS["dead_fraction_max"])
+    cfg = LadderConfig(
+        widths=parse_sizes(args.widths, "widths") or DEFAULT_WIDTHS, ks=parse_sizes(args.ks, "k values") or DEFAULT_KS,
+        hook=args.hook, model=args.model, work=args.work, seed=args.seed, resample_every=args.resample_every,
+        general_text=args.general_text, preset_ks=parse_sizes(args.preset_ks, "preset K values"), preset_alphas=floats(args.alphas),
+        command="python -m engine.sae_recipe ladder " + " ".join(args.argv),
+    )
+    t0 = time.time()
+    results = build_ladder(cfg)
+    return {"entries": [{"name": r.name, "spec": f"default:ladder/{r.name}", "folder": str(r.folder), "built_now": r.built,
+                         "seconds": r.seconds, **r.heldout} for r in results], "seconds": round(time.time() - t0, 1)}
 
 
 def cmd_verify(args) -> dict:
@@ -228,6 +200,21 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--ks", default=None, help="preset grid: numbers of features K, e.g. 15,20")
     t.add_argument("--alphas", default=None, help="preset grid: value multipliers α, e.g. 4,5")
+    t.add_argument("--resample-every", dest="resample_every", type=int, default=0,
+                   help="recipe v2: resample dead latents every N training steps (default 0: off)")
+    t.add_argument("--general-text", dest="general_text", type=int, default=0,
+                   help="recipe v2: add N passages of Python's own documentation to the corpus (default 0: off)")
+    lad = sub.add_parser("ladder", help="train SAEs of several widths / k into the user cache (default:ladder/NAME)")
+    lad.add_argument("--widths", default=None, help="SAE widths, e.g. 4608,9216,18432 (the default)")
+    lad.add_argument("--ks", default=None, help="TopK k values, e.g. 32 (the default); one SAE per (width, k)")
+    lad.add_argument("--hook", default=None, help="hook (default blocks.15.hook_resid_post; tiny model: blocks.1.hook_resid_post)")
+    lad.add_argument("--model", default="default", help="default, or tiny (the random test model on a tiny corpus, seconds)")
+    lad.add_argument("--work", default=None, help="cache of answers, activations and checkpoints (default /tmp/sae-lab-default; tiny: /tmp/sae-lab-tiny)")
+    lad.add_argument("--seed", type=int, default=0)
+    lad.add_argument("--preset-ks", dest="preset_ks", default=None, help="preset grid: numbers of features K (default 10,15)")
+    lad.add_argument("--alphas", default=None, help="preset grid: value multipliers α (default 3,5)")
+    lad.add_argument("--resample-every", dest="resample_every", type=int, default=0, help="recipe v2: resample dead latents every N steps")
+    lad.add_argument("--general-text", dest="general_text", type=int, default=0, help="recipe v2: N passages of general offline text")
     m = sub.add_parser("preset-multi", help="choose the multi-layer preset (layers 15 and 20) by measurement")
     m.add_argument("--ks-15", dest="ks_15", default=None, help="grid: layer-15 feature counts, e.g. 10,15")
     m.add_argument("--alphas-15", dest="alphas_15", default=None, help="grid: layer-15 multipliers, e.g. 3,4")
@@ -241,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("verify", help="check the shipped files against manifest.json")
     v.add_argument("--out", default=str(DEFAULT_SAE_DIR))
     args = p.parse_args(argv)
+    args.argv = list(argv)[1:] if argv is not None else sys.argv[2:]  # the options after the sub-command
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        result = {"train": cmd_train, "preset-multi": cmd_preset_multi, "verify": cmd_verify}[args.command](args)
+        result = {"train": cmd_train, "preset-multi": cmd_preset_multi, "ladder": cmd_ladder, "verify": cmd_verify}[args.command](args)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,9 @@ Conversations are built from our own prompt lists (``train_prompts``):
 
 Prompts are split once (seeded) into *train* and *held-out*; held-out conversations use only held-out prompts, so
 the quality numbers and the choice of the clamp preset never see a training prompt.
+
+Recipe v2 (off by default): ``general_text_passages`` adds plain-text passages of Python's own documentation
+(``general_text.py``) as extra sequences with no turns, every token labelled OTHER.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import LabError
 from engine.lm.models import LoadedModel
 from engine.method.generation import GenerationConfig, generate
 from engine.method.judge import judge
@@ -73,9 +77,22 @@ class CorpusConfig:
     answer_tokens: int = 64
     """Length cap of the model's own answers."""
     seed: int = 0
+    """Seed of the prompt split and the conversation sampling."""
+    general_text_passages: int = 0
+    """Recipe v2: training passages of general offline text (``general_text.py``), every token labelled OTHER;
+    held-out passages are added in the ratio ``n_heldout / n_train``; 0 = off (the shipped SAEs)."""
+    general_text_sources: tuple[str, ...] = ("pydoc_topics", "stdlib_docstrings")
+    """Recipe v2: where general text comes from (``general_text.SOURCES``)."""
+    general_text_tokens: int = 256
+    """Recipe v2: length cap of a general-text passage in tokens."""
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__
+                if k not in V2_CORPUS_FIELDS or getattr(self, k) != self.__dataclass_fields__[k].default}
+
+
+V2_CORPUS_FIELDS = ("general_text_passages", "general_text_sources", "general_text_tokens")
+"""Recipe-v2 options: left out of ``to_json`` while at their defaults (off), so existing cache keys and manifests stay."""
 
 
 def split_prompts(cfg: CorpusConfig) -> dict[str, dict[str, list[str]]]:
@@ -172,6 +189,27 @@ def build_corpus(lm: LoadedModel, cfg: CorpusConfig | None = None, answer_cache:
             turns = sample_turns(pools[split], answers, cfg, rng)
             ids, labels = tokenize_chat(lm, turns)
             out.append(Conversation(turns, ids, labels, split))
+    if cfg.general_text_passages > 0:
+        out += general_text_sequences(lm, cfg)
     n_tok = sum(len(c.ids) for c in out)
     logger.info("corpus: %d conversations, %d tokens", len(out), n_tok)
+    return out
+
+
+def general_text_sequences(lm: LoadedModel, cfg: CorpusConfig) -> list[Conversation]:
+    """Plain-text passages (no chat template, no turns), every token labelled OTHER: ``general_text_passages`` for
+    training and a proportional number held out, from disjoint seeded pools (``general_text.split_passages``)."""
+    from engine.sae_recipe.general_text import split_passages
+
+    pools = split_passages(tuple(cfg.general_text_sources), 4 * cfg.general_text_tokens, cfg.heldout_fraction, cfg.seed)
+    wanted = {"train": cfg.general_text_passages, "heldout": max(1, round(cfg.general_text_passages * cfg.n_heldout / max(cfg.n_train, 1)))}
+    out: list[Conversation] = []
+    for split, n in wanted.items():
+        if n > len(pools[split]):
+            raise LabError(f"general text: {n} {split} passages asked for, but the sources "
+                           f"{', '.join(cfg.general_text_sources)} hold only {len(pools[split])}")
+        for text in pools[split][:n]:
+            ids = list(lm.tokenizer(text, add_special_tokens=False)["input_ids"][: cfg.general_text_tokens])
+            out.append(Conversation([], ids, [OTHER] * len(ids), split))
+    logger.info("general text: %d train + %d held-out passages", wanted["train"], wanted["heldout"])
     return out

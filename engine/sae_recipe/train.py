@@ -5,7 +5,8 @@
   leaving out position 0 (the attention sink, norm ≈ 25 000) and outlier-norm positions (> 5× the median).
 * :func:`train_topk` trains a sae_lens ``TopKTrainingSAE`` with ``SAETrainer`` fed by our own seeded iterator:
   ``lr_end`` set, cosine schedule, a short ``dead_feature_window`` so the dead-latent auxiliary loss starts in a
-  run of a few hundred steps, inputs scaled to norm √d (the scale is folded into the weights at the end).
+  run of a few hundred steps, inputs scaled to norm √d (the scale is folded into the weights at the end);
+  optionally (recipe v2, ``TrainConfig.resample_every``) dead latents are resampled (``resample.py``).
 """
 
 from __future__ import annotations
@@ -27,28 +28,52 @@ from engine.sae_recipe.corpus import Conversation
 logger = logging.getLogger(__name__)
 
 
+V2_TRAIN_FIELDS = ("resample_every", "resample_until", "resample_encoder_scale")
+"""Recipe-v2 options: left out of ``to_json`` while at their defaults (off), so existing cache keys and manifests stay."""
+
+
 @dataclass
 class TrainConfig:
     """SAE recipe settings (recorded in the manifest)."""
 
     d_sae: int = 4608
+    """Number of latents (the width)."""
     k: int = 32
+    """TopK's k in training; also the target mean L0 of the served JumpReLU."""
     batch_size: int = 1024
+    """Activations per training step."""
     training_samples: int = 480_000
     """Activations seen in training (about 1.6 epochs of the corpus)."""
     lr: float = 4e-4
+    """Adam learning rate after warm-up."""
     lr_end: float = 4e-5
+    """Learning rate at the end of the cosine decay."""
     lr_warm_up_steps: int = 20
+    """Linear warm-up steps."""
     dead_feature_window: int = 60
+    """Steps without firing after which a latent counts as dead (for the AuxK loss and resampling)."""
     aux_loss_coefficient: float = 1.0
+    """Weight of sae_lens' AuxK loss (dead latents reconstruct the live latents' residual)."""
     decoder_init_norm: float = 0.1
+    """Initial decoder row norm."""
     outlier_factor: float = 5.0
     """Positions whose norm exceeds this multiple of the median are left out."""
     collect_batch: int = 32
+    """Conversations per forward pass when collecting activations."""
     seed: int = 0
+    """Seed of initialisation and batch order."""
+    resample_every: int = 0
+    """Recipe v2: resample dead latents every this many steps (``resample.py``); 0 = off (the shipped SAEs)."""
+    resample_until: float = 0.8
+    """Recipe v2: resample only while fewer than this share of the steps are done (the rest let them settle; latents
+    resampled only in the first half died again in a toy run: docs/DEFAULT_SAE.md)."""
+    resample_encoder_scale: float = 1.0
+    """Recipe v2: encoder norm of a resampled latent, as a multiple of the mean live encoder norm (0.2, as for L1
+    SAEs, leaves resampled TopK latents below the top k: measured, docs/DEFAULT_SAE.md)."""
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__
+                if k not in V2_TRAIN_FIELDS or getattr(self, k) != self.__dataclass_fields__[k].default}
 
 
 @dataclass
@@ -179,7 +204,13 @@ def train_topk(train_acts: Float[Tensor, "n d"], hook: str, cfg: TrainConfig, mo
         feature_sampling_window=max(1, steps // 4), device="cpu", logger=LoggingConfig(log_to_wandb=False),
     )
     provider = _LoggingIterator(batches(train_acts, cfg.batch_size, cfg.seed), steps, hook)
-    trainer = SAETrainer(trainer_cfg, sae, provider)
+    if cfg.resample_every > 0:
+        from engine.sae_recipe.resample import ResamplingTrainer
+
+        trainer = ResamplingTrainer(trainer_cfg, sae, provider, resample_every=cfg.resample_every, resample_until=cfg.resample_until,
+                                    encoder_scale=cfg.resample_encoder_scale, total_steps=steps)
+    else:
+        trainer = SAETrainer(trainer_cfg, sae, provider)
     trainer.activation_scaler.scaling_factor = scale  # applied to every batch, folded into the weights after fit()
     t0 = time.time()
     sae = trainer.fit()
