@@ -50,8 +50,8 @@ TINY_HOOK = "blocks.1.hook_resid_post"
 WORK = {"default": "/tmp/sae-lab-default", "tiny": "/tmp/sae-lab-tiny"}
 """Default ``--work`` per model (the default model shares ``train``'s cache of answers and activations)."""
 _NAME = re.compile(r"^(?:(?P<model>tiny)-)?w(?P<w>\d+)-k(?P<k>\d+)(?:-L(?P<layer>\d+))?(?:-r(?P<r>\d+))?(?:-g(?P<g>\d+))?$")
-QUALITY_KEYS = ("explained_variance", "l0", "dead_fraction", "heldout", "topk_heldout", "served", "floors", "meets_floors",
-                "train_seconds", "seconds", "settings")
+QUALITY_KEYS = ("explained_variance", "l0", "dead_fraction", "heldout", "topk_heldout", "jumprelu_per_latent_heldout",
+                "jumprelu_global_heldout", "served", "floors", "meets_floors", "train_seconds", "seconds", "settings")
 """Keys every ladder ``quality.json`` has (docs/DEFAULT_SAE.md, "Width ladder")."""
 
 
