@@ -22,6 +22,7 @@ PAGES = [
     st.Page("app_pages/recovery.py", title="4 · Recovery", url_path="recovery"),
     st.Page("app_pages/attribution.py", title="5 · Attribution", url_path="attribution"),
     st.Page("app_pages/runs.py", title="6 · Runs", url_path="runs"),
+    st.Page("app_pages/study.py", title="7 · SAE quality study", url_path="study"),
 ]
 
 page = st.navigation(PAGES)

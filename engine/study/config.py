@@ -86,7 +86,7 @@ COLUMNS: dict[str, str] = {
        for p in ("full", *PARTS)},
     **{f"gain_{p}": f"mean base-answer log-prob gain of the {p.replace('_', '-')} part replayed alone"
        for p in ("full", *PARTS)},
-    "status": "done, or why the row stops early (no valid flips, cancelled)",
+    "status": "done; no valid flips (nothing to recover); cancelled (stopped during its steps); not started",
     "wall_seconds": "wall time of this SAE's steps (preset, quality, flips, recovery, attribution), summed over resumes",
 }
 """Every column of ``study.json`` / ``study.csv``, in order, with its meaning (docs/STUDY.md)."""

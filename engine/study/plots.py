@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import altair as alt
 import pandas as pd
 
 from engine.study.table import gain_frame, quality_share_frame
+
+logger = logging.getLogger(__name__)
 
 METRIC_TITLES = {"explained_variance": "explained variance", "l0": "L0", "dead_fraction": "dead fraction"}
 
@@ -48,7 +51,15 @@ def gain_chart(table: pd.DataFrame) -> alt.Chart | None:
 
 
 def save_html(table: pd.DataFrame, path: Path, title: str) -> None:
-    """Both charts in one self-contained HTML file (vega inlined, so it opens offline)."""
+    """Both charts in one self-contained HTML file (vega inlined by vl-convert, so it opens offline); a failure is
+    logged, not raised: the table is the result."""
+    try:
+        _save(table, path, title)
+    except Exception as exc:  # noqa: BLE001 - e.g. no offline renderer installed
+        logger.warning("%s not written: %s", path.name, exc)
+
+
+def _save(table: pd.DataFrame, path: Path, title: str) -> None:
     charts = [c for c in (quality_chart(table), gain_chart(table)) if c is not None]
     if not charts:
         return

@@ -34,6 +34,8 @@ from engine.study.config import StudyConfig
 
 logger = logging.getLogger(__name__)
 
+FINISHED = ("done", "no valid flips")
+"""Row statuses of an SAE whose steps are all finished."""
 RECORD = "study"
 """Name of the recovery record the study writes in each SAE's run."""
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
@@ -321,6 +323,7 @@ def run_study(
     written or generated.
     """
     from engine.lm.loading import load_model
+    from engine.study.plots import save_html
     from engine.study.table import study_row, write_table
 
     cfg = (cfg or StudyConfig()).check()
@@ -353,6 +356,10 @@ def run_study(
         write_table(folder, saved, rows)
         if on_row is not None and state.get("status"):
             on_row(row)
-    cancelled = len(rows) < len(saes) or any(not r["status"] or r["status"] == "cancelled" for r in rows)
-    write_table(folder, saved, rows, charts=not cancelled)
+    for entry, sae in list(zip(saes, loaded))[len(rows):]:  # stopped before these: listed, so every SAE has a row
+        rows.append(study_row(entry, sae, {"status": "not started"}))
+    cancelled = any(r["status"] not in FINISHED for r in rows)
+    table = write_table(folder, saved, rows)
+    if not table.empty:
+        save_html(table, folder / "study.html", saved["name"])
     return StudyResult(saved["name"], folder, rows, cancelled)

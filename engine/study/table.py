@@ -8,7 +8,6 @@ recovery and attribution columns empty.
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
@@ -17,8 +16,6 @@ import pandas as pd
 from engine.lm.saes import LoadedSAE
 from engine.store.files import read_json, read_json_or_none
 from engine.study.config import COLUMNS, PARTS
-
-logger = logging.getLogger(__name__)
 
 QUALITY_METRICS = ("explained_variance", "l0", "dead_fraction")
 """The quality columns plotted against the shares."""
@@ -73,24 +70,18 @@ def _clean(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def write_table(folder: Path, saved: dict, rows: list[dict], charts: bool = False) -> None:
-    """``study.json`` (rows, column meanings, the settings) and ``study.csv``; ``charts``: also ``study.html``."""
+def write_table(folder: Path, saved: dict, rows: list[dict]) -> pd.DataFrame:
+    """``study.json`` (rows, column meanings, the settings) and ``study.csv``; returns the table."""
     from engine.store.files import write_json
 
     clean = [{k: _clean(v) for k, v in r.items()} for r in rows]
     write_json(folder / "study.json", {"name": saved["name"], "run": saved["run"], "config": saved["config"],
-                                       "columns": COLUMNS, "rows": clean})
+                                       "saes": [s["spec"] for s in saved["saes"]], "columns": COLUMNS, "rows": clean})
     frame = table_frame(clean)
     tmp = folder / "study.csv.tmp"
     frame.to_csv(tmp, index=False)
     tmp.replace(folder / "study.csv")
-    if charts and not frame.empty:
-        from engine.study.plots import save_html
-
-        try:
-            save_html(frame, folder / "study.html", saved["name"])
-        except Exception as exc:  # noqa: BLE001 - the table is the result; a missing offline renderer is not fatal
-            logger.warning("study.html not written: %s", exc)
+    return frame
 
 
 def table_frame(rows: list[dict]) -> pd.DataFrame:
@@ -99,7 +90,7 @@ def table_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def read_study(folder: str | Path) -> dict:
-    """``study.json`` of a study folder (``rows``, ``columns``, ``config``, ``run``, ``name``)."""
+    """``study.json`` of a study folder (``rows``, ``columns``, ``config``, ``saes``, ``run``, ``name``)."""
     return read_json(Path(folder) / "study.json")
 
 
