@@ -189,10 +189,11 @@ def test_bad_input_fails_clearly_before_anything_is_written(study_env, tmp_path,
     err = capsys.readouterr().err
     assert f"SAE {str(other)!r}" in err and "trained on gpt2" in err
     # no SAEs, and the ladder is empty / not part of this version
-    monkeypatch.setitem(sys.modules, "engine.sae_recipe.ladder", types.SimpleNamespace(built_ladder=lambda: []))
+    monkeypatch.setenv("SAE_LAB_CACHE", str(tmp_path / "empty-cache"))  # no ladder built there
     assert main(["study", "sae-quality", "--run", str(study_env.run)]) == 2
     err = capsys.readouterr().err
-    assert "no SAE of the width ladder is built yet" in err and "--sae" in err
+    assert "no SAE of the width ladder is built yet" in err and "engine.sae_recipe ladder --model tiny" in err
+    assert "--sae" in err
     monkeypatch.setitem(sys.modules, "engine.sae_recipe.ladder", None)  # import fails
     assert main(["study", "sae-quality", "--run", str(study_env.run)]) == 2
     assert "has no width ladder" in capsys.readouterr().err
@@ -207,9 +208,35 @@ def test_bad_input_fails_clearly_before_anything_is_written(study_env, tmp_path,
 def test_ladder_entries_become_the_study_saes(monkeypatch):
     from engine.study.quality_study import resolve_saes
 
-    entry = types.SimpleNamespace(spec="default:ladder/w4608", name="w4608", k=32,
+    entry = types.SimpleNamespace(spec="default:ladder/w4608-k32", name="w4608-k32", k=32,
                                   quality={"heldout": {"explained_variance": 0.9, "l0": 30.0, "dead_fraction": 0.1}})
-    monkeypatch.setitem(sys.modules, "engine.sae_recipe.ladder", types.SimpleNamespace(built_ladder=lambda: [entry]))
-    [sae] = resolve_saes(None)
-    assert (sae.spec, sae.name, sae.k, sae.quality) == ("default:ladder/w4608", "w4608", 32, entry.quality)
-    assert [s.spec for s in resolve_saes(["tiny", "tiny"])] == ["tiny"]  # given specs win, once each
+    asked: list = []
+    fake = types.SimpleNamespace(built_ladder=lambda model=None: asked.append(model) or [entry])
+    monkeypatch.setitem(sys.modules, "engine.sae_recipe.ladder", fake)
+    [sae] = resolve_saes(None, "default")
+    assert (sae.spec, sae.name, sae.k, sae.quality) == ("default:ladder/w4608-k32", "w4608-k32", 32, entry.quality)
+    resolve_saes(None, "tiny")
+    assert asked == ["default", "tiny"]  # the ladder of the run's model
+    with pytest.raises(LabError, match="built for the default model only, not gpt2"):
+        resolve_saes(None, "gpt2")
+    assert [s.spec for s in resolve_saes(["tiny", "tiny"], "gpt2")] == ["tiny"]  # given specs win, once each
+
+
+def test_study_of_the_built_tiny_ladder(study_env, tmp_path, monkeypatch, capsys):
+    """With no --sae, every built ladder SAE of the run's model is studied, with the ladder's own preset and quality."""
+    from engine.cli.main import main
+    from engine.sae_recipe.__main__ import main as recipe_main
+
+    monkeypatch.setenv("SAE_LAB_CACHE", str(tmp_path / "cache"))
+    assert recipe_main(["ladder", "--model", "tiny", "--widths", "32,16", "--ks", "4", "--work", str(tmp_path / "work")]) == 0
+    capsys.readouterr()
+    with tiny_refusals():
+        assert main(["study", "sae-quality", "--run", str(study_env.run), "--name", "ladder", *FAST_FLAGS]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["sae"], r["d_sae"], r["k"]) for r in rows] == [("default:ladder/tiny-w16-k4", 16, 4), ("default:ladder/tiny-w32-k4", 32, 4)]
+    for r in rows:
+        shipped = json.loads((tmp_path / "cache" / "ladder" / r["name"] / "quality.json").read_text())
+        preset = json.loads((tmp_path / "cache" / "ladder" / r["name"] / "preset.json").read_text())
+        assert (r["quality_source"], r["explained_variance"], r["l0"]) == ("quality.json", shipped["explained_variance"], shipped["l0"])
+        assert (r["preset_source"], r["clamp_k"]) == ("preset.json", len(preset["features"]))
+        assert r["status"] == "done" and all(0 <= r[c] <= 1 for c in COLUMNS if c.startswith("share_"))

@@ -47,8 +47,15 @@ class Quality:
 
 
 def sae_folder(sae: LoadedSAE) -> Path | None:
-    """The folder an SAE was loaded from (shipped default or local sae_lens folder), if any."""
-    if sae.source.startswith("default:"):
+    """The folder an SAE was loaded from (shipped default, width ladder or local sae_lens folder), if any."""
+    if sae.source.startswith("default:ladder/"):
+        from engine.sae_recipe.ladder import ladder_folder
+
+        try:
+            folder = ladder_folder(sae.source.removeprefix("default:ladder/"))
+        except LabError:
+            return None
+    elif sae.source.startswith("default:"):
         folder = DEFAULT_SAE_DIR / sae.source.removeprefix("default:")
     elif sae.source.startswith("local:"):
         folder = Path(sae.source.removeprefix("local:"))
@@ -181,11 +188,12 @@ def choose_study_preset(lm: LoadedModel, sae: LoadedSAE, cfg: StudyConfig, contr
 
     ``contrast``: per-hook cache of :class:`ContrastData`, filled on first use.
     """
-    from engine.method.presets import load_preset, preset_path
+    from engine.method.presets import load_preset
     from engine.sae_recipe.preset import PresetConfig, choose_preset
 
-    path = preset_path(sae) if cfg.preset == "auto" else None
-    if path is not None:
+    folder = sae_folder(sae) if cfg.preset == "auto" else None
+    path = folder / "preset.json" if folder is not None else None
+    if path is not None and path.is_file():
         spec = load_preset(path, sae)
         data = json.loads(path.read_text())
         return {"features": spec.features, "mode": spec.mode, "values": spec.values, "hook": sae.hook_name,

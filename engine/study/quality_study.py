@@ -114,19 +114,34 @@ def resolve_run(run: str | Path) -> Path:
     return existing_run(path, "flips.jsonl").resolve()
 
 
-def resolve_saes(specs: Sequence[str] | None) -> list[StudySAE]:
-    """The SAEs given (``--sae``), else every built SAE of the width ladder."""
+def ladder_model(model: str) -> str | None:
+    """Which ladder fits a run's model (``engine.sae_recipe.ladder.MODELS``): ``tiny``, ``default`` or none."""
+    from engine.lm.models import is_default_model
+
+    if model == "tiny":
+        return "tiny"
+    return "default" if is_default_model(model) else None
+
+
+def resolve_saes(specs: Sequence[str] | None, model: str = "default") -> list[StudySAE]:
+    """The SAEs given (``--sae``), else every built SAE of the width ladder of the run's ``model``."""
     if specs:
         return [StudySAE(s, _short_name(s)) for s in dict.fromkeys(specs)]
+    kind = ladder_model(model)
+    if kind is None:
+        raise LabError(f"no SAEs given, and the width ladder is built for the default model only, not {model}; pass "
+                       "the SAEs to compare with --sae SPEC (repeatable)")
     try:
         from engine.sae_recipe.ladder import built_ladder
     except ImportError:
         raise LabError("no SAEs given and this version has no width ladder; pass the SAEs to compare with --sae SPEC "
                        "(repeatable)") from None
-    entries = list(built_ladder())
+    entries = list(built_ladder(kind))
     if not entries:
-        raise LabError("no SAEs given and no SAE of the width ladder is built yet; build the ladder first "
-                       "(docs/DEFAULT_SAE.md, width ladder) or pass the SAEs to compare with --sae SPEC (repeatable)")
+        tiny = " --model tiny" if kind == "tiny" else ""
+        raise LabError(f"no SAEs given and no SAE of the width ladder is built yet; build it with `python -m "
+                       f"engine.sae_recipe ladder{tiny}` (docs/DEFAULT_SAE.md) or pass the SAEs to compare with --sae "
+                       "SPEC (repeatable)")
     out = []
     for e in entries:
         quality = getattr(e, "quality", None)
@@ -330,11 +345,11 @@ def run_study(
     run_dir = resolve_run(run)
     if name is not None:
         check_study_name(name)
-    saes = resolve_saes(sae_specs) if (sae_specs or not resume) else None
-    prompts, flips = run_prompts(run_dir, cfg.limit)
     config = read_json(run_dir / "config.json")
     if "model" not in config or "clamps" not in config:
         raise LabError(f"{run_dir / 'config.json'} is not a flips run config (no model/clamps)")
+    saes = resolve_saes(sae_specs, str(config["model"])) if (sae_specs or not resume) else None
+    prompts, flips = run_prompts(run_dir, cfg.limit)
     lm = lm or load_model(config["model"], config.get("device", "auto"), config.get("dtype", "auto"))
     if saes is not None:
         loaded = load_study_saes(lm, saes)  # an SAE for another model fails here, before the study folder exists
