@@ -240,3 +240,9 @@ def test_study_of_the_built_tiny_ladder(study_env, tmp_path, monkeypatch, capsys
         assert (r["quality_source"], r["explained_variance"], r["l0"]) == ("quality.json", shipped["explained_variance"], shipped["l0"])
         assert (r["preset_source"], r["clamp_k"]) == ("preset.json", len(preset["features"]))
         assert r["status"] == "done" and all(0 <= r[c] <= 1 for c in COLUMNS if c.startswith("share_"))
+
+
+def test_every_column_is_documented():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "STUDY.md").read_text()
+    missing = [c for c in COLUMNS if f"| `{c}` |" not in text]
+    assert not missing, f"docs/STUDY.md does not describe {missing}"
