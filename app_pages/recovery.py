@@ -112,7 +112,8 @@ if record is not None:
             f"{cfg_used.get('steps')} steps · lr {cfg_used.get('lr')} · δ at layer {cfg_used.get('delta_layer')} · "
             f"valid set: {record.config.get('valid', 'judge')}"
             + (f" · drift penalty λ {cfg_used.get('effective_drift_penalty')} · basis {cfg_used.get('jacobian_basis')} "
-               f"({cfg_used.get('n_probes')} probes) · {cfg_used.get('correction_steps')} correction step(s)"
+               f"({cfg_used.get('n_probes')} probes) · {cfg_used.get('correction_steps')} correction step(s) "
+               f"({'Gauss–Newton' if cfg_used.get('correction', 'adam') == 'gauss-newton' else 'Adam'})"
                f" · later drift held over {cfg_used.get('constraint_positions', 'all')} positions"
                + (" · δ ⟂ the later encoder rows" if cfg_used.get("later_encoder_prior") else "")
                if cfg_used.get("projection") == "jacobian" else "")

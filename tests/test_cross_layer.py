@@ -49,7 +49,9 @@ def _layer_drift(obj, res, hook):
     return float(obj.drift_by_layer(z)[hook].mean())
 
 
-BASE = RecoveryConfig(projection="none", budget=6.0, steps=20, lr=0.1, drift_threshold=math.inf, correction_steps=0, drift_penalty=0.0)
+BASE = RecoveryConfig(projection="none", budget=6.0, steps=20, lr=0.1, drift_threshold=math.inf, correction_steps=0, drift_penalty=0.0,
+                      correction="adam")
+"""The paper's scheme unless a test says otherwise (the lab's default correction is gauss-newton)."""
 
 
 def test_encoder_at_delta_layer_holds_it_while_the_later_layer_moves(tiny_lm, two_layer_specs, flips):
@@ -281,3 +283,30 @@ def test_pre_clamp_pre_activations_are_what_the_restoration_holds(tiny_lm, two_l
         after = float(obj.drift_by_layer(obj.evaluate(*params).z)[L2])
     assert left < 0.05 * first, (first, left)
     assert after < 0.1 * before, (before, after)
+
+
+def test_probe_basis_is_reestimated_with_adam_corrections_and_estimated_once_with_gauss_newton(tiny_lm, two_layer_specs, flips, monkeypatch):
+    """With Adam corrections the random-probe basis is re-estimated every probe_every steps (the paper's cadence
+    when 1); with the Gauss–Newton restoration, which holds the constraint itself every step, once at δ = 0."""
+    import engine.recovery.optimize as optimize
+
+    calls = []
+    real = optimize.jacobian_basis
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optimize, "jacobian_basis", counting)
+    cfg = dataclasses.replace(BASE, projection="jacobian", steps=6, probe_every=2, n_probes=2, correction_steps=1)
+    _solve(tiny_lm, two_layer_specs, flips[:1], cfg)
+    assert len(calls) == 3  # steps 0, 2, 4
+    calls.clear()
+    _solve(tiny_lm, two_layer_specs, flips[:1], dataclasses.replace(cfg, correction="gauss-newton", cg_iters=2))
+    assert len(calls) == 1
+
+
+def test_the_default_cross_layer_settings_are_the_gauss_newton_restoration_on_answer_positions():
+    """The documented defaults (docs/RECOVERY.md) that met the drift target on the default model."""
+    d = RecoveryConfig(projection="jacobian")
+    assert (d.correction, d.cg_iters, d.correction_steps, d.constraint_positions) == ("gauss-newton", 8, 1, "answer")

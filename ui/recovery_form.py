@@ -41,19 +41,28 @@ def _jacobian_settings(d: RecoveryConfig, box, more, form: validate.Form) -> dic
     """The cross-layer settings (shown with the jacobian projection only) in ``box``; the rarer ones in the popover
     ``more``. Each number is checked by the engine's rule for its field; a refused one is None."""
     c1, c2, c3, c4 = box.columns(4)
+    corrections = _choices("correction")
     out = {
         "drift_penalty": form.number(c1, "Drift penalty λ", "rec_drift_penalty", 200.0, kind=float, check=_rule("drift_penalty"),
                                      help="λ of λ·‖Δz‖²/‖z_def‖² over the clamps above δ (the paper: 200)"),
-        "jacobian_basis": c2.selectbox("Jacobian basis", _choices("jacobian_basis"), key="rec_basis", **_PERSIST,
-                                       help="probes: a fixed number of random probes + the drift probe (the paper). "
-                                            "adaptive: add blocks of probes until a new block adds little. "
-                                            "exact: every row of the Jacobian (slow: one backward pass per feature and position)."),
-        "n_probes": form.number(c3, "Probes", "rec_probes", d.n_probes, check=_rule("n_probes"),
+        "correction": c2.selectbox(
+            "Drift correction", corrections, index=corrections.index(d.correction), key="rec_correction", **_PERSIST,
+            format_func={"gauss-newton": "Gauss–Newton restoration", "adam": "Adam steps (the paper)"}.get,
+            help="After every step, undo the later clamps' drift: Gauss–Newton moves δ by the smallest change that "
+                 "cancels it to first order (holds layer-20 drift ≤ 0.05 on the default model); Adam descends the "
+                 "drift for a few steps (the paper's scheme; leaves more drift)."),
+        "correction_steps": form.number(c3, "Correction steps", "rec_corr_steps", d.correction_steps, check=_rule("correction_steps"),
+                                        help="Drift corrections after every step (the paper: 5 Adam steps)."),
+        "n_probes": form.number(c4, "Probes", "rec_probes", d.n_probes, check=_rule("n_probes"),
                                 help="Random probes per estimate of the Jacobian rows (per block, for adaptive). The paper: 8."),
-        "correction_steps": form.number(c4, "Correction steps", "rec_corr_steps", d.correction_steps, check=_rule("correction_steps"),
-                                        help="Drift-correcting steps after every step (the paper: 5)."),
     }
     with more:
+        out["jacobian_basis"] = st.selectbox("Jacobian basis", _choices("jacobian_basis"), key="rec_basis", **_PERSIST,
+                                             help="probes: a fixed number of random probes + the drift probe (the paper). "
+                                                  "adaptive: add blocks of probes until a new block adds little. "
+                                                  "exact: every row of the Jacobian (slow: one backward pass per feature and position).")
+        out["cg_iters"] = form.number(st, "Conjugate-gradient iterations (Gauss–Newton)", "rec_cg_iters", d.cg_iters,
+                                      check=_rule("cg_iters"), says="CG iterations", hidden=True)
         out["max_probes"] = form.number(st, "Most probes (adaptive)", "rec_max_probes", d.max_probes, check=_rule("max_probes"),
                                         says="Most probes", hidden=True)
         out["probe_tol"] = form.number(st, "Stop adding probes below this share (adaptive)", "rec_probe_tol", d.probe_tol, kind=float,
@@ -64,7 +73,8 @@ def _jacobian_settings(d: RecoveryConfig, box, more, form: validate.Form) -> dic
         out["correction_lr"] = form.number(st, "Correction learning rate", "rec_corr_lr", d.correction_lr, kind=float,
                                            check=_rule("correction_lr"), hidden=True)
         out["constraint_positions"] = st.selectbox(
-            "Hold the later clamps' drift over", _choices("constraint_positions"), key="rec_constraint_positions", **_PERSIST,
+            "Hold the later clamps' drift over", _choices("constraint_positions"),
+            index=_choices("constraint_positions").index(d.constraint_positions), key="rec_constraint_positions", **_PERSIST,
             format_func={"all": "every position (prompt and answer; stricter)", "answer": "answer positions (the paper)"}.get,
             help="The positions the penalty, the Jacobian rows, the corrections and the keep-best threshold look at. "
                  "Drift is reported both ways either way.")

@@ -62,7 +62,7 @@ class RecoveryConfig:
     within it — a per-prompt multiplier that finds the λ the threshold needs (a stronger variant than the paper's)."""
     penalty_growth: float = 2.0
     """``jacobian`` + ``adaptive``: the factor (> 1) by which a prompt's λ grows or shrinks per step."""
-    constraint_positions: Literal["all", "answer"] = "all"
+    constraint_positions: Literal["all", "answer"] = "answer"
     """Positions whose drift the constraint holds (the penalty, the Jacobian basis, the corrections and keep-best's
     threshold): ``all`` non-sink positions, prompt and answer (stricter), or ``answer`` positions only (the paper's
     pooling). Every drift is reported both ways whatever this is."""
@@ -81,17 +81,20 @@ class RecoveryConfig:
     probe_tol: float = 0.1
     """``jacobian`` + ``adaptive``: stop adding probes when a new block's energy outside the basis is below this share."""
     probe_every: int = 5
-    """``jacobian``: re-estimate the row space every this many steps (the paper: 1; 5 with 2 corrections keeps a step
-    at 2.0× the encoder step, the paper's cadence costs 4.3×: bench/recovery_step.py)."""
-    correction_steps: int = 2
-    """``jacobian``: drift-correcting Adam steps on the relative drift alone after every step (the paper: 5)."""
+    """``jacobian`` + ``adam`` corrections: re-estimate the row space every this many steps (the paper: 1; 5 with 2
+    corrections keeps a step at 2.0× the encoder step, the paper's cadence costs 4.3×: bench/recovery_step.py). With
+    ``gauss-newton`` the row space is estimated once, at δ = 0: the restoration holds the constraint every step, and
+    re-estimating the probes would only add their VJPs to each step."""
+    correction_steps: int = 1
+    """``jacobian``: drift corrections after every step: Gauss–Newton restorations, or Adam steps on the relative drift
+    alone (the paper: 5 Adam steps)."""
     correction_lr: float = 0.05
     """``jacobian``: learning rate of the drift-correction steps (the paper: 0.05)."""
-    correction: Correction = "adam"
+    correction: Correction = "gauss-newton"
     """``jacobian``: how the drift is corrected after each step: ``adam`` steps on the relative drift (the paper's), or
     ``gauss-newton``: correction_steps iterations of the smallest δ change that cancels the later clamps' drift to
     first order, c = Aᵀ(AAᵀ + μI)⁻¹r solved by conjugate gradients (a stronger variant: engine/recovery/restoration.py)."""
-    cg_iters: int = 16
+    cg_iters: int = 8
     """``jacobian`` + ``gauss-newton``: conjugate-gradient iterations per Gauss–Newton iteration."""
     gn_damping: float = 1e-3
     """``jacobian`` + ``gauss-newton``: damping μ as a fraction of the Rayleigh quotient rᵀAAᵀr/rᵀr."""

@@ -118,7 +118,9 @@ def optimize_delta(
             cancelled = True
             break
         stage = "boundary" if step < cfg.boundary_steps else "answer"
-        if jacobian and step < cfg.steps and step % cfg.probe_every == 0:
+        # with the Gauss–Newton restoration the probe basis is estimated once (see RecoveryConfig.probe_every)
+        every = cfg.probe_every if cfg.correction == "adam" else cfg.steps + 1
+        if jacobian and step < cfg.steps and step % every == 0:
             basis, probes_used = jacobian_basis(objective, rows, gen, cfg, probe_gen)
         ev = objective.evaluate(rows, gen)
         recovery = objective.losses(ev, stage, cfg.answer_weight)
