@@ -12,7 +12,8 @@ batch 8 throughput ≥ 4× batch 1.
 
 Cross-layer: δ at layer 15 with the shipped layer-15 and layer-20 clamps together, one ``optimize_delta`` step of
 ``--projection jacobian`` (probes, penalty, correction steps) ÷ one ``optimize_delta`` step of the single-layer
-encoder projection, same prompt, same run; for several probe settings. Goal: ≤ 3× the encoder step.
+encoder projection, same prompt, same run; for several probe settings and for the Gauss–Newton restoration (the
+default). Goal: ≤ 3× the encoder step.
 """
 
 from __future__ import annotations
@@ -132,10 +133,13 @@ def main() -> None:
 
 
 CROSS_SETTINGS = (
-    {"n_probes": 8, "probe_every": 1, "correction_steps": 5},  # the paper's: every step 8 + 1 probes, 5 corrections
-    {"n_probes": 8, "probe_every": 5, "correction_steps": 2},
-    {"n_probes": 4, "probe_every": 5, "correction_steps": 1},
-    {"n_probes": 8, "probe_every": 10, "correction_steps": 0},
+    {"correction": "adam", "n_probes": 8, "probe_every": 1, "correction_steps": 5},  # the paper's: every step 8 + 1 probes, 5 corrections
+    {"correction": "adam", "n_probes": 8, "probe_every": 5, "correction_steps": 2},
+    {"correction": "adam", "n_probes": 4, "probe_every": 5, "correction_steps": 1},
+    {"correction": "adam", "n_probes": 8, "probe_every": 10, "correction_steps": 0},
+    # the lab's default: one Gauss–Newton restoration per step (CG 8), the probe basis once
+    {"correction": "gauss-newton", "cg_iters": 8, "correction_steps": 1},
+    {"correction": "gauss-newton", "cg_iters": 16, "correction_steps": 1},
 )
 
 

@@ -36,6 +36,7 @@ def test_paper_config_parses_round_trips_and_holds_the_papers_settings():
     rc = cfg.recovery_config()
     assert (rc.budget, rc.steps, rc.boundary_steps, rc.answer_tokens, rc.max_new_tokens) == (40.0, 100, 20, 48, 128)
     assert (rc.projection, rc.drift_threshold, rc.effective_drift_penalty, rc.n_probes, rc.correction_steps) == ("jacobian", 0.03, 200.0, 8, 5)
+    assert (rc.correction, rc.probe_every, rc.constraint_positions) == ("adam", 1, "answer")  # the paper's scheme, not the lab's default
 
 
 def test_paper_config_names_registry_saes_that_exist_and_their_files():
