@@ -52,6 +52,15 @@ class StudyConfig:
             raise LabError(f"top-k must be ≥ 0, got {self.top_k}")
         return self
 
+    @classmethod
+    def from_json(cls, data: dict) -> StudyConfig:
+        """The settings saved in ``study_config.json`` (lists back to tuples)."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("preset_ks", "preset_alphas"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
     def to_json(self) -> dict:
         return {"preset": self.preset, "preset_ks": [int(k) for k in self.preset_ks],
                 "preset_alphas": [float(a) for a in self.preset_alphas], "preset_prompts": self.preset_prompts,

@@ -151,6 +151,20 @@ def resolve_saes(specs: Sequence[str] | None, model: str = "default") -> list[St
     return out
 
 
+def available_ladder(model: str) -> list[StudySAE]:
+    """The built ladder SAEs of ``model``'s ladder (empty when there is none): the choices a form offers."""
+    try:
+        return resolve_saes(None, model)
+    except LabError:
+        return []
+
+
+def saved_study(folder: Path) -> tuple[dict, StudyConfig]:
+    """A study's ``study_config.json`` and its settings, to resume it as it was started."""
+    saved = read_json(Path(folder) / "study_config.json")
+    return saved, StudyConfig.from_json(saved.get("config") or {})
+
+
 def _short_name(spec: str) -> str:
     """A folder's own name for a path spec, else the spec."""
     path = Path(spec)
