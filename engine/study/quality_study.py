@@ -207,9 +207,9 @@ def _start(run: Path, saes: list[StudySAE] | None, cfg: StudyConfig, name: str |
         else:
             path = study_path(name)
         saved = read_json(path / "study_config.json")
-        wanted = {"run": str(run), "saes": [s.to_json() for s in saes] if saes is not None else saved["saes"],
-                  "config": cfg.to_json()}
-        check_resume({k: saved.get(k) for k in wanted}, wanted, f"the study {path.name!r}")
+        specs = [s["spec"] for s in saved.get("saes", [])]
+        wanted = {"run": str(run), "saes": [s.spec for s in saes] if saes is not None else specs, "config": cfg.to_json()}
+        check_resume({"run": saved.get("run"), "saes": specs, "config": saved.get("config")}, wanted, f"the study {path.name!r}")
         return path, saved
     if saes is None:
         raise LabError("a new study needs its SAEs")
@@ -280,10 +280,10 @@ def _study_one(lm: LoadedModel, sae: LoadedSAE, entry: StudySAE, index: int, fol
     from engine.method.clamp import ClampSpec
     from engine.method.flips import write_flips_run
     from engine.method.generation import GenerationConfig
+    from engine.method.judge import JudgeConfig
     from engine.recovery.config import RecoveryConfig
     from engine.recovery.driver import run_recovery
     from engine.store.catalogue import runs_root
-    from engine.store.context import open_run
     from engine.store.records import get_record, list_records
     from engine.study.measure import choose_study_preset, sae_quality
 
@@ -304,14 +304,13 @@ def _study_one(lm: LoadedModel, sae: LoadedSAE, entry: StudySAE, index: int, fol
     run = runs_root() / state["run"]
     summary = read_json_or_none(run / "summary.json")
     if summary is None or summary.get("cancelled"):
-        source = open_run(Path(saved["run"]), lm=lm)
-        rc = source.config
+        rc = read_json(Path(saved["run"]) / "config.json")
         gen = GenerationConfig(max_new_tokens=int(rc["max_new_tokens"]), batch_size=int(rc["batch_size"]), seed=int(rc.get("seed", 0)))
         run.mkdir(parents=True, exist_ok=True)
         settings = {"model": rc["model"], "prompts": f"study:{saved['name']}", "limit": cfg.limit, "source": "study",
                     "study": saved["name"], "study_sae": entry.spec, "from_run": saved["run"]}
         summary = steps.timed("flips", lambda: write_flips_run(
-            lm, [spec], prompts, gen, source.judge, run, settings, cancel=cancel, resume=(run / "config.json").is_file(),
+            lm, [spec], prompts, gen, JudgeConfig.from_json(rc.get("judge")), run, settings, cancel=cancel, resume=(run / "config.json").is_file(),
             exe=exe, on_progress=relay))
     if summary.get("cancelled"):
         return state
