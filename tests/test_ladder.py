@@ -86,6 +86,19 @@ def test_default_ladder_spec_loads_each_entry(ladder, lm):
         assert sae.sae.cfg.d_sae == width and sae.sae.cfg.architecture() == "jumprelu"
 
 
+def test_features_auto_on_a_ladder_entry_uses_that_entrys_preset(ladder, lm):
+    """``--features auto`` reads the ladder entry's own preset.json, not a shipped SAE's (it used to look in the
+    shipped folder and find nothing)."""
+    from engine.lm.sae_sources import load_sae
+    from engine.method.presets import preset_path, resolve_clamp
+
+    for name in NAMES:
+        sae = load_sae(f"default:ladder/{name}", lm)
+        assert preset_path(sae) == ladder["cache"] / "ladder" / name / "preset.json"
+        preset = json.loads(preset_path(sae).read_text())
+        assert resolve_clamp(sae, "auto").features == preset["features"]
+
+
 def test_a_ladder_name_that_is_not_built_names_the_build_command(ladder, lm):
     from engine.lm.sae_sources import load_sae
 

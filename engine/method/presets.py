@@ -36,7 +36,11 @@ def parse_features(text: str) -> list[int]:
 
 def preset_path(sae: LoadedSAE) -> Path | None:
     """The ``preset.json`` in a local/default SAE's folder, if there is one."""
-    if sae.source.startswith("default:"):
+    if sae.source.startswith("default:ladder/"):  # a width-ladder SAE in the user cache, not a shipped folder
+        from engine.sae_recipe.ladder import ladder_root
+
+        folder = ladder_root() / sae.source.removeprefix("default:ladder/")
+    elif sae.source.startswith("default:"):
         folder = DEFAULT_SAE_DIR / sae.source.removeprefix("default:")
     elif sae.source.startswith("local:"):
         folder = Path(sae.source.removeprefix("local:"))
