@@ -309,4 +309,54 @@ def test_probe_basis_is_reestimated_with_adam_corrections_and_estimated_once_wit
 def test_the_default_cross_layer_settings_are_the_gauss_newton_restoration_on_answer_positions():
     """The documented defaults (docs/RECOVERY.md) that met the drift target on the default model."""
     d = RecoveryConfig(projection="jacobian")
-    assert (d.correction, d.cg_iters, d.correction_steps, d.constraint_positions) == ("gauss-newton", 8, 1, "answer")
+    assert (d.correction, d.cg_iters, d.correction_steps, d.restore_below, d.constraint_positions) == ("gauss-newton", 8, 3, 0.5, "answer")
+
+
+def _restorer(lm, specs, flips, cfg, scale=0.3):
+    """A restorer over two prompts whose δ is random (encoder-projected), and its params."""
+    from engine.recovery.optimize import check_projection
+    from engine.recovery.restoration import GaussNewtonRestorer
+
+    problem = build_problem(lm, specs, flips[:2], 48, 1)
+    obj = DeltaObjective(lm, specs, problem)
+    g = torch.Generator().manual_seed(0)
+    enc = check_projection(obj, cfg)
+    rows = enc(torch.randn(problem.h_def.shape, generator=g) * scale * problem.prompt_rows[..., None])
+    gen = enc(torch.randn(2, problem.h_def.shape[-1], generator=g) * scale)
+    params = [rows, gen]
+    return GaussNewtonRestorer(obj, params, cfg, enc, torch.full((2,), 1e3)), params
+
+
+def test_restoration_leaves_an_inactive_prompt_untouched_and_moves_the_active_one(tiny_lm, two_layer_specs, flips):
+    cfg = dataclasses.replace(BASE, projection="jacobian", correction="gauss-newton", cg_iters=10, correction_steps=1)
+    restorer, params = _restorer(tiny_lm, two_layer_specs, flips, cfg)
+    before = [t.clone() for t in params]
+    restorer.restore_once(torch.tensor([False, True]))
+    assert all(torch.equal(t[0], b[0]) for t, b in zip(params, before))
+    assert not torch.equal(params[0][1], before[0][1])
+
+
+def test_restoration_repeats_until_the_held_drift_is_under_its_share_of_the_threshold(tiny_lm, two_layer_specs, flips, monkeypatch):
+    """restore_below: iterations stop as soon as every prompt's held drift is under restore_below × threshold, and
+    none run when it already is; 0 runs all of them."""
+    from engine.recovery.restoration import GaussNewtonRestorer
+
+    cfg = dataclasses.replace(BASE, projection="jacobian", correction="gauss-newton", cg_iters=20, correction_steps=6,
+                              drift_threshold=0.05, restore_below=0.5)
+    restorer, _ = _restorer(tiny_lm, two_layer_specs, flips, cfg)
+    start = restorer.held_drift()
+    assert bool((start > 0.025).any()), start  # something to restore, so the test can fail
+    used = restorer()
+    after = restorer.held_drift()
+    assert 1 <= used < 6 and bool((after <= 0.025).all()), (used, start, after)
+    assert restorer() == 0  # already held: no iteration at all
+    calls = []
+    monkeypatch.setattr(GaussNewtonRestorer, "restore_once", lambda self, active=None: calls.append(active))
+    always, _ = _restorer(tiny_lm, two_layer_specs, flips, dataclasses.replace(cfg, restore_below=0.0, correction_steps=3))
+    assert always() == 3 and calls == [None, None, None]
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_restore_below_outside_zero_to_one_is_refused(value):
+    with pytest.raises(LabError, match="restore-below share"):
+        RecoveryConfig(restore_below=value)

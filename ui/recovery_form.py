@@ -63,6 +63,10 @@ def _jacobian_settings(d: RecoveryConfig, box, more, form: validate.Form) -> dic
                                                   "exact: every row of the Jacobian (slow: one backward pass per feature and position).")
         out["cg_iters"] = form.number(st, "Conjugate-gradient iterations (Gauss–Newton)", "rec_cg_iters", d.cg_iters,
                                       check=_rule("cg_iters"), says="CG iterations", hidden=True)
+        out["restore_below"] = form.number(st, "Restore while the held drift is above … × the threshold (Gauss–Newton)",
+                                           "rec_restore_below", d.restore_below, kind=float, check=_rule("restore_below"),
+                                           says="Restore-below share", hidden=True,
+                                           help="Between 0 and 1; 0 runs every correction step whatever the drift.")
         out["max_probes"] = form.number(st, "Most probes (adaptive)", "rec_max_probes", d.max_probes, check=_rule("max_probes"),
                                         says="Most probes", hidden=True)
         out["probe_tol"] = form.number(st, "Stop adding probes below this share (adaptive)", "rec_probe_tol", d.probe_tol, kind=float,

@@ -85,8 +85,9 @@ class RecoveryConfig:
     corrections keeps a step at 2.0× the encoder step, the paper's cadence costs 4.3×: bench/recovery_step.py). With
     ``gauss-newton`` the row space is estimated once, at δ = 0: the restoration holds the constraint every step, and
     re-estimating the probes would only add their VJPs to each step."""
-    correction_steps: int = 1
-    """``jacobian``: drift corrections after every step: Gauss–Newton restorations, or Adam steps on the relative drift
+    correction_steps: int = 3
+    """``jacobian``: drift corrections after every step: at most this many Gauss–Newton restorations (fewer when the
+    held drift is already under ``restore_below`` × the threshold), or this many Adam steps on the relative drift
     alone (the paper: 5 Adam steps)."""
     correction_lr: float = 0.05
     """``jacobian``: learning rate of the drift-correction steps (the paper: 0.05)."""
@@ -96,6 +97,9 @@ class RecoveryConfig:
     first order, c = Aᵀ(AAᵀ + μI)⁻¹r solved by conjugate gradients (a stronger variant: engine/recovery/restoration.py)."""
     cg_iters: int = 8
     """``jacobian`` + ``gauss-newton``: conjugate-gradient iterations per Gauss–Newton iteration."""
+    restore_below: float = 0.5
+    """``jacobian`` + ``gauss-newton``: restore a prompt only while its held drift is above this fraction of the drift
+    threshold, and stop the iterations when no prompt's is (0: always run correction_steps iterations)."""
     gn_damping: float = 1e-3
     """``jacobian`` + ``gauss-newton``: damping μ as a fraction of the Rayleigh quotient rᵀAAᵀr/rᵀr."""
     suffix_tokens: int = 8
@@ -176,6 +180,7 @@ FIELD_LABELS: dict[str, str] = {
     "probe_tol": "probe tolerance", "probe_every": "probe interval (steps between re-estimates)",
     "correction_steps": "correction steps", "correction_lr": "correction learning rate", "penalty_growth": "penalty growth factor",
     "cg_iters": "conjugate-gradient iterations", "gn_damping": "Gauss–Newton damping",
+    "restore_below": "restore-below share of the drift threshold",
     "suffix_tokens": "soft-suffix tokens", "batch_size": "batch size", "max_new_tokens": "recovered answer length",
     "seed": "seed",
 }
@@ -186,7 +191,7 @@ FIELD_RULES: dict[str, tuple] = {
     "budget": (float, "positive", False), "lr": (float, "positive", False), "correction_lr": (float, "positive", False),
     "answer_weight": (float, "non-negative", False), "drift_penalty": (float, "non-negative", True),
     "penalty_growth": (float, "positive", False), "gn_damping": (float, "positive", False),
-    "cg_iters": (int, "count", False),
+    "cg_iters": (int, "count", False), "restore_below": (float, "unit", False),
     "drift_threshold": (float, "threshold", True), "probe_tol": (float, "fraction", False),
     "steps": (int, "count", False), "answer_tokens": (int, "count", False), "batch_size": (int, "count", False),
     "max_new_tokens": (int, "count", False), "n_probes": (int, "count", False), "max_probes": (int, "count", False),
@@ -228,6 +233,8 @@ def check_field(name: str, value):
         raise FieldError(name, f"{label} must be ≥ 0, got {value:g}")
     if rule == "fraction" and not 0 < value < 1:
         raise FieldError(name, f"{label} must be between 0 and 1, got {value:g}")
+    if rule == "unit" and not 0 <= value <= 1:
+        raise FieldError(name, f"{label} must be between 0 and 1 (0 turns it off), got {value:g}")
     return value
 
 
