@@ -310,3 +310,19 @@ def test_a_cancelled_attribution_resumes_and_is_never_run_twice(tmp_path, tiny_l
     assert not done["cancelled"] and done["n"] == 6
     ids = [r["id"] for r in read_jsonl(work / "recoveries" / "r" / "attribution.jsonl")]
     assert ids == [0, 1, 2, 3, 4, 5]  # nothing twice, nothing lost
+
+
+def test_an_interrupted_recovery_counts_its_finished_prompts_in_the_picker(tmp_path):
+    """A recovery killed after its first batch has rows but no summary yet: the picker says 2/5, not 0/5."""
+    from engine.store.records import create_record
+    from ui.records import describe
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "flips.jsonl").write_text("")
+    path = create_record(run, "half", "recovery", {"projection": "jacobian", "budget": 40.0, "valid": "judge",
+                                                    "limit": None, "flip_ids": list(range(5))})
+    (path / "recovery.jsonl").write_text('{"id": 0}\n{"id": 1}\n')
+    record = get_record(run, "half", "recovery")
+    assert record.summary is None and record.n_finished == 2
+    assert " 2/5 · interrupted" in describe(record)

@@ -27,7 +27,7 @@ def describe(record: RecoveryRecord) -> str:
     else:
         what = f"B {cfg.get('budget')}"
     n_total = len(cfg.get("flip_ids", [])) or "?"
-    n_done = (record.summary or {}).get("n_valid", len((record.summary or {}).get("points", [])))
+    n_done = record.n_finished  # not the summary's count: an interrupted record has rows before its summary
     return (f"{record.name} · {cfg.get('projection', '?')} · {what} · valid = {cfg.get('valid', 'judge')} · "
             f"{n_done}/{n_total if record.kind == 'recovery' else len(cfg.get('budgets', []))} · {STATUS_WORDS[record.status]} · {when}")
 

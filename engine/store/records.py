@@ -69,6 +69,18 @@ class RecoveryRecord:
         return "interrupted" if done or self.summary is not None or self.kind == "sweep" else "empty"
 
     @property
+    def n_finished(self) -> int:
+        """Prompts finished (a recovery: rows of ``recovery.jsonl``, which an interrupted record has before its summary)
+        or budgets finished (a sweep: points of ``sweep.json``)."""
+        if self.kind == "sweep":
+            return len((self.summary or {}).get("points", []))
+        path = self.path / "recovery.jsonl"
+        if not path.is_file():
+            return 0
+        with path.open("rb") as fh:
+            return sum(1 for line in fh if line.strip())
+
+    @property
     def has_attribution(self) -> bool:
         return (self.path / "attribution.jsonl").is_file()
 
