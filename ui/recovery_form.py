@@ -72,7 +72,7 @@ def _jacobian_settings(d: RecoveryConfig, box, more, form: validate.Form) -> dic
         out["probe_tol"] = form.number(st, "Stop adding probes below this share (adaptive)", "rec_probe_tol", d.probe_tol, kind=float,
                                        check=_rule("probe_tol"), says="Probe tolerance", hidden=True,
                                        help="Between 0 and 1: the share of a new block's energy outside the basis.")
-        out["probe_every"] = form.number(st, "Re-estimate the rows every … steps", "rec_probe_every", d.probe_every,
+        out["probe_every"] = form.number(st, "Re-estimate the rows every … steps (Adam corrections; Gauss–Newton estimates them once)", "rec_probe_every", d.probe_every,
                                          check=_rule("probe_every"), says="Probe interval", hidden=True)
         out["correction_lr"] = form.number(st, "Correction learning rate", "rec_corr_lr", d.correction_lr, kind=float,
                                            check=_rule("correction_lr"), hidden=True)
