@@ -55,6 +55,14 @@ def integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
+def int_list(text: str) -> list[int]:
+    """``"5,10,20"`` → ``[5, 10, 20]``."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+
+
 def float_list(text: str) -> list[float]:
     """``"0,2,5"`` → ``[0.0, 2.0, 5.0]``."""
     try:

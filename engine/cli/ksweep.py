@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
-from engine.cli.args import add_dataclass_options, dataclass_from_args, positive_int
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+from engine.cli.args import add_dataclass_options, dataclass_from_args, int_list, positive_int
 
 
 def add_command(sub) -> None:

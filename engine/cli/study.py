@@ -3,22 +3,14 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 
-from engine.cli.args import Parser, add_dataclass_options, dataclass_from_args, float_list, integer, positive_int
+from engine.cli.args import Parser, add_dataclass_options, dataclass_from_args, float_list, int_list, integer, positive_int
 
 logger = logging.getLogger(__name__)
 
 _RECOVERY_FIXED = ("projection", "delta_layer", "method")
 """Recovery settings the study sets itself: the encoder projection, δ at the SAE's layer, the δ method."""
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
 
 
 def add_command(sub) -> None:

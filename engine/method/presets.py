@@ -34,20 +34,29 @@ def parse_features(text: str) -> list[int]:
     return out
 
 
-def preset_path(sae: LoadedSAE) -> Path | None:
-    """The ``preset.json`` in a local/default SAE's folder, if there is one."""
+def sae_folder(sae: LoadedSAE) -> Path | None:
+    """The folder an SAE was loaded from (shipped default, width ladder or local sae_lens folder), if any."""
     if sae.source.startswith("default:ladder/"):  # a width-ladder SAE in the user cache, not a shipped folder
-        from engine.sae_recipe.ladder import ladder_root
+        from engine.sae_recipe.ladder import ladder_folder
 
-        folder = ladder_root() / sae.source.removeprefix("default:ladder/")
+        try:
+            folder = ladder_folder(sae.source.removeprefix("default:ladder/"))
+        except LabError:
+            return None
     elif sae.source.startswith("default:"):
         folder = DEFAULT_SAE_DIR / sae.source.removeprefix("default:")
     elif sae.source.startswith("local:"):
         folder = Path(sae.source.removeprefix("local:"))
     else:
         return None
-    path = folder / "preset.json"
-    return path if path.is_file() else None
+    return folder if folder.is_dir() else None
+
+
+def preset_path(sae: LoadedSAE) -> Path | None:
+    """The ``preset.json`` in a local/default/ladder SAE's folder, if there is one."""
+    folder = sae_folder(sae)
+    path = folder / "preset.json" if folder is not None else None
+    return path if path is not None and path.is_file() else None
 
 
 def load_preset(path: str | Path, sae: LoadedSAE) -> ClampSpec:

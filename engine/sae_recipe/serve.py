@@ -80,7 +80,7 @@ def jumprelu_from(sae, theta: Float[Tensor, " d_sae"] | float, dtype: torch.dtyp
 def quality(sae, x: Float[Tensor, "n d"], chunk: int = 4096) -> dict:
     """Explained variance, mean L0, dead fraction (never fires on ``x``), relative MSE on ``x``."""
     sse = 0.0
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device)
     l0 = 0.0
     mean = x.mean(0)
     sst = float(((x - mean) ** 2).sum())

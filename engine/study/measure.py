@@ -14,7 +14,6 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from jaxtyping import Float
@@ -23,7 +22,7 @@ from torch import Tensor
 from engine.errors import LabError
 from engine.lm.models import LoadedModel
 from engine.lm.saes import LoadedSAE, hook_layer
-from engine.paths import DEFAULT_SAE_DIR
+from engine.method.presets import sae_folder
 from engine.study.config import StudyConfig
 
 logger = logging.getLogger(__name__)
@@ -44,24 +43,6 @@ class Quality:
     def to_json(self) -> dict:
         return {"explained_variance": self.explained_variance, "l0": self.l0, "dead_fraction": self.dead_fraction,
                 "quality_source": self.source, "quality_tokens": self.n_tokens}
-
-
-def sae_folder(sae: LoadedSAE) -> Path | None:
-    """The folder an SAE was loaded from (shipped default, width ladder or local sae_lens folder), if any."""
-    if sae.source.startswith("default:ladder/"):
-        from engine.sae_recipe.ladder import ladder_folder
-
-        try:
-            folder = ladder_folder(sae.source.removeprefix("default:ladder/"))
-        except LabError:
-            return None
-    elif sae.source.startswith("default:"):
-        folder = DEFAULT_SAE_DIR / sae.source.removeprefix("default:")
-    elif sae.source.startswith("local:"):
-        folder = Path(sae.source.removeprefix("local:"))
-    else:
-        return None
-    return folder if folder.is_dir() else None
 
 
 def quality_from_report(report: dict | None) -> Quality | None:
@@ -128,22 +109,14 @@ def answer_residuals(lm: LoadedModel, hook: str, pairs: Sequence[tuple[str, str]
 
 @torch.no_grad()
 def measure_quality(sae: LoadedSAE, x: Float[Tensor, "n_tokens d_model"], chunk: int = 4096) -> Quality:
-    """Explained variance (1 − SSE/SST), mean L0 and dead fraction of ``sae`` on the activations ``x``."""
+    """Explained variance (1 − SSE/SST), mean L0 and dead fraction of ``sae`` on the activations ``x`` (the recipe's
+    own definitions: :func:`engine.sae_recipe.serve.quality`)."""
+    from engine.sae_recipe.serve import quality
+
     if x.shape[0] < 2:
         raise LabError("measuring an SAE's quality needs at least two tokens")
-    x = x.to(sae.W_dec.device, sae.W_dec.dtype)
-    sst = float(((x - x.mean(0)) ** 2).sum())
-    sse, l0 = 0.0, 0.0
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
-    for s in range(0, x.shape[0], chunk):
-        xb = x[s : s + chunk]
-        z = sae.encode(xb)
-        sse += float(((sae.decode(z) - xb) ** 2).sum())
-        on = z > 0
-        fired |= on.any(0)
-        l0 += float(on.sum())
-    ev = 1.0 - sse / sst if sst > 0 else 0.0
-    return Quality(round(ev, 4), round(l0 / x.shape[0], 2), round(1.0 - float(fired.float().mean()), 4), "measured", int(x.shape[0]))
+    q = quality(sae.sae, x.to(sae.W_dec.device, sae.W_dec.dtype), chunk)
+    return Quality(q["explained_variance"], q["l0"], q["dead_fraction"], "measured", q["n_tokens"])
 
 
 def sae_quality(lm: LoadedModel, sae: LoadedSAE, flips: Sequence[dict], given: dict | None = None) -> Quality:
