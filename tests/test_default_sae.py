@@ -5,7 +5,6 @@ Tests marked ``slow`` load the real default model (SmolLM2-135M-Instruct, about 
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 
@@ -15,6 +14,7 @@ import torch
 from engine.paths import DEFAULT_SAE_DIR
 from engine.sae_recipe.__main__ import DEFAULT_HOOKS, FLOORS, PRIMARY
 from engine.sae_recipe.__main__ import main as default_main
+from tests.sae_checks import clamped_drift, encoder_projector
 
 MANIFEST = DEFAULT_SAE_DIR / "manifest.json"
 D_MODEL, D_SAE = 576, 4608
@@ -110,21 +110,6 @@ def test_training_prompts_are_ours_and_disjoint_from_builtin_test_sets():
 # ------------------------------------------------------------------------------------------------ zero drift
 
 
-def _projector(A: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """P = I − A (AᵀA + εI)⁻¹ Aᵀ (docs/METHOD.md), in float64. The ridge ε leaves Aᵀδ ≈ ε(AᵀA)⁻¹Aᵀδ̃, so pre-activations
-    move by O(ε/λ_min(AᵀA)); a tiny ε makes that vanish, and then any remaining drift would be the activation's."""
-    A = A.double()
-    return torch.eye(A.shape[0], dtype=A.dtype) - A @ torch.linalg.solve(A.T @ A + eps * torch.eye(A.shape[1], dtype=A.dtype), A.T)
-
-
-def _drift(sae, h: torch.Tensor, delta: torch.Tensor, S: list[int]) -> float:
-    """Relative change of z_S, computed in float64 so that only a real change (not fp32 rounding of h + δ) counts."""
-    sae64 = copy.deepcopy(sae).double()
-    with torch.no_grad():
-        z0, z1 = sae64.encode(h.double())[..., S], sae64.encode(h.double() + delta.double())[..., S]
-    return float((z1 - z0).norm() / (z0.norm() + 1e-8))
-
-
 def _h_with_active(sae, S: list[int], n: int = 16) -> torch.Tensor:
     """Inputs on which every clamped feature fires: b_dec + their decoder rows well above threshold + noise."""
     gen = torch.Generator().manual_seed(0)
@@ -142,13 +127,13 @@ def test_encoder_orthogonal_perturbation_leaves_clamped_features_unchanged():
     h = _h_with_active(sae, S)
     with torch.no_grad():
         assert (sae.encode(h)[:, S] > 0).float().mean() > 0.5
-    P = _projector(sae.W_enc[:, S])
+    P = encoder_projector(sae.W_enc[:, S])
     gen = torch.Generator().manual_seed(1)
     raw = torch.randn(h.shape, generator=gen) * 10 * h.norm(dim=-1, keepdim=True) / D_MODEL**0.5  # ‖δ‖ ≈ 10 ‖h‖
     projected = raw.double() @ P
     assert float((projected @ sae.W_enc[:, S].double()).abs().max()) < 1e-9 * float(raw.norm(dim=-1).max())
-    assert _drift(sae, h, projected, S) < 1e-6
-    assert _drift(sae, h, raw, S) > 0.1  # the test can fail: an arbitrary δ does move the clamped features
+    assert clamped_drift(sae, h, projected, S) < 1e-6
+    assert clamped_drift(sae, h, raw, S) > 0.1  # the test can fail: an arbitrary δ does move the clamped features
 
 
 def test_plain_topk_with_the_same_weights_would_drift():
@@ -162,12 +147,12 @@ def test_plain_topk_with_the_same_weights_would_drift():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(topk, name).copy_(getattr(jr, name))
     h = _h_with_active(jr, S)
-    P = _projector(jr.W_enc[:, S])
+    P = encoder_projector(jr.W_enc[:, S])
     gen = torch.Generator().manual_seed(1)
     raw = torch.randn(h.shape, generator=gen) * 10 * h.norm(dim=-1, keepdim=True) / D_MODEL**0.5
     projected = raw.double() @ P
-    assert _drift(jr, h, projected, S) < 1e-6
-    assert _drift(topk, h, projected, S) > 1e-2
+    assert clamped_drift(jr, h, projected, S) < 1e-6
+    assert clamped_drift(topk, h, projected, S) > 1e-2
 
 
 @pytest.mark.slow
@@ -190,9 +175,9 @@ def test_zero_drift_on_real_activations_and_default_loading():
     S = spec.features
     with torch.no_grad():
         assert (sae.encode(h)[:, S] > 0).any()  # the refusal text switches on some clamped feature
-    P = _projector(sae.sae.W_enc[:, S])
+    P = encoder_projector(sae.sae.W_enc[:, S])
     raw = torch.randn(h.shape, generator=torch.Generator().manual_seed(2)) * 0.2 * h.norm(dim=-1, keepdim=True) / D_MODEL**0.5
-    assert _drift(sae.sae, h, raw.double() @ P, S) < 1e-6
+    assert clamped_drift(sae.sae, h, raw.double() @ P, S) < 1e-6
 
 
 # ------------------------------------------------------------------------------------------------ recipe parts (tiny)

@@ -6,7 +6,6 @@ The ladder is built once per module into a temporary user cache (``SAE_LAB_CACHE
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -15,6 +14,7 @@ import torch
 from engine.errors import LabError
 from engine.sae_recipe.__main__ import main as recipe_main
 from engine.sae_recipe.ladder import QUALITY_KEYS, built_ladder, ladder_folder, parse_sizes, rungs
+from tests.sae_checks import clamped_drift, encoder_projector
 
 NAMES = ["tiny-w16-k4", "tiny-w32-k4"]
 BUILD = ["ladder", "--model", "tiny", "--widths", "32,16", "--ks", "4"]
@@ -133,18 +133,6 @@ def test_a_crashed_build_leaves_no_visible_folder(ladder, monkeypatch):
 # ------------------------------------------------------------------------------------------------ zero drift
 
 
-def _projector(A: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    A = A.double()
-    return torch.eye(A.shape[0], dtype=A.dtype) - A @ torch.linalg.solve(A.T @ A + eps * torch.eye(A.shape[1], dtype=A.dtype), A.T)
-
-
-def _drift(sae, h: torch.Tensor, delta: torch.Tensor, S: list[int]) -> float:
-    sae64 = copy.deepcopy(sae).double()
-    with torch.no_grad():
-        z0, z1 = sae64.encode(h.double())[..., S], sae64.encode(h.double() + delta.double())[..., S]
-    return float((z1 - z0).norm() / (z0.norm() + 1e-8))
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_zero_drift_under_the_encoder_projection_on_a_ladder_entry(ladder, name):
     """Clamped z_S of a ladder SAE is unchanged by an encoder-orthogonal δ ten times ‖h‖; the raw δ moves it."""
@@ -160,11 +148,11 @@ def test_zero_drift_under_the_encoder_projection_on_a_ladder_entry(ladder, name)
         for f in S:
             h = h + (float(sae.threshold[f]) + 1.0) * 3 * sae.W_dec[f]
         assert (sae.encode(h)[:, S] > 0).float().mean() > 0.5
-    P = _projector(sae.W_enc[:, S])
+    P = encoder_projector(sae.W_enc[:, S])
     raw = torch.randn(h.shape, generator=torch.Generator().manual_seed(1)) * 10 * h.norm(dim=-1, keepdim=True) / sae.cfg.d_in**0.5
     projected = raw.double() @ P
-    assert _drift(sae, h, projected, S) < 1e-6
-    assert _drift(sae, h, raw, S) > 0.1  # the test can fail: an arbitrary δ does move the clamped features
+    assert clamped_drift(sae, h, projected, S) < 1e-6
+    assert clamped_drift(sae, h, raw, S) > 0.1  # the test can fail: an arbitrary δ does move the clamped features
 
 
 # ------------------------------------------------------------------------------------------------ bad input
