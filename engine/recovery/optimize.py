@@ -112,14 +112,14 @@ def optimize_delta(
     drift_hist: list[list[float]] = [[] for _ in range(n)]
     layer_hist: list[dict[str, list[float]]] = [{h: [] for h in objective.groups} for _ in range(n)]
     basis, probes_used = None, 0
+    # with the Gauss–Newton restoration the probe basis is estimated once (see RecoveryConfig.probe_every)
+    every = cfg.probe_every if cfg.correction == "adam" else cfg.steps + 1
     cancelled = False
     for step in range(cfg.steps + 1):  # the extra pass evaluates the final δ without stepping
         if cancel is not None and cancel.is_set():
             cancelled = True
             break
         stage = "boundary" if step < cfg.boundary_steps else "answer"
-        # with the Gauss–Newton restoration the probe basis is estimated once (see RecoveryConfig.probe_every)
-        every = cfg.probe_every if cfg.correction == "adam" else cfg.steps + 1
         if jacobian and step < cfg.steps and step % every == 0:
             basis, probes_used = jacobian_basis(objective, rows, gen, cfg, probe_gen)
         ev = objective.evaluate(rows, gen)

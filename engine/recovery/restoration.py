@@ -42,6 +42,11 @@ from engine.recovery.projection import EncoderProjector, hold_constraints
 
 logger = logging.getLogger(__name__)
 
+def _split(params: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+    """δ's parameters as ``(rows, gen)``; gen is None when δ has no shared answer row."""
+    return params[0], params[1] if len(params) > 1 else None
+
+
 def _dot(a: Tensor, b: Tensor) -> Float[Tensor, " batch"]:
     return (a * b).flatten(1).sum(1)
 
@@ -53,13 +58,12 @@ class GaussNewtonRestorer:
                  budget: Tensor):
         self.objective, self.params, self.cfg, self.encoder, self.budget = objective, params, cfg, encoder, budget
         with torch.no_grad():
-            zero = [torch.zeros_like(t) for t in params]
-            self.pre_def = objective.evaluate_z(zero[0], zero[1] if len(zero) > 1 else None, pre=True).z[..., objective.later_cols]
+            self.pre_def = objective.evaluate_z(*_split([torch.zeros_like(t) for t in params]), pre=True).z[..., objective.later_cols]
             """The later clamps' pre-activations at δ = 0 (the target of the restoration)."""
 
     def _pre(self, params: list[Tensor]) -> Tensor:
         mask = self.objective.constrained[..., None]
-        z = self.objective.evaluate_z(params[0], params[1] if len(params) > 1 else None, pre=True).z
+        z = self.objective.evaluate_z(*_split(params), pre=True).z
         return z[..., self.objective.later_cols] * mask
 
     def _free(self, grads: tuple[Tensor | None, ...], like: list[Tensor]) -> list[Tensor]:
@@ -112,7 +116,8 @@ class GaussNewtonRestorer:
             beta = torch.where(live, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs))
             p = res + beta[:, None, None] * p
             rs = rs_new
-            logger.debug("CG residual ratio %s", (rs / rr.clamp_min(1e-30)).sqrt().tolist())
+            if logger.isEnabledFor(logging.DEBUG):  # .tolist() syncs the device: only when asked for
+                logger.debug("CG residual ratio %s", (rs / rr.clamp_min(1e-30)).sqrt().tolist())
         step = a_t(x)
         self._line_search(step, rr)
         return rr.sqrt()
@@ -137,7 +142,8 @@ class GaussNewtonRestorer:
             hold_constraints(self.params, self.encoder, self.objective.problem.prompt_rows, self.budget, self.cfg.budget_kind)
             after = self._residual_sq()
             better = after < rr
-            logger.debug("line search alpha %s: |r| %s -> %s", alpha.tolist(), rr.sqrt().tolist(), after.sqrt().tolist())
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("line search alpha %s: |r| %s -> %s", alpha.tolist(), rr.sqrt().tolist(), after.sqrt().tolist())
             todo = todo & ~better
             if not bool(todo.any()):
                 break
@@ -150,8 +156,7 @@ class GaussNewtonRestorer:
     def held_drift(self) -> Float[Tensor, " batch"]:
         """The drift keep-best reads (the later clamps' activations at the constrained positions)."""
         with torch.no_grad():
-            p = self.params
-            return self.objective.constrained_drift(self.objective.evaluate_z(p[0], p[1] if len(p) > 1 else None).z)
+            return self.objective.constrained_drift(self.objective.evaluate_z(*_split(self.params)).z)
 
     def __call__(self) -> int:
         """Up to ``correction_steps`` iterations, each on the prompts whose held drift is above ``restore_below`` × the
