@@ -12,11 +12,12 @@ drift-correction steps need ``z`` only, which is much cheaper when the clamps si
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from engine.errors import LabError
@@ -62,6 +63,16 @@ class DeltaObjective:
             self.defended_eval = self.evaluate(torch.zeros_like(problem.h_def), None)
             """The forward at δ = 0: the defended model's target log-probs and features."""
         self.z_def = self.defended_eval.z
+
+    def subset(self, idx: Int[Tensor, " k"]) -> DeltaObjective:
+        """This objective restricted to the rows ``idx`` of its batch, without another defended forward: the restoration
+        solves only the prompts it still has to restore (engine/recovery/restoration.py)."""
+        sub = copy.copy(self)
+        sub.problem = self.problem.subset(idx)
+        sub.constrained = self.constrained[idx]
+        sub.defended_eval = Evaluation(None if self.defended_eval.logp is None else self.defended_eval.logp[idx], self.z_def[idx])
+        sub.z_def = sub.defended_eval.z
+        return sub
 
     @property
     def has_later(self) -> bool:

@@ -11,7 +11,7 @@ optimisation step runs only blocks ℓ+1..L−1, and the unembedding only at the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -49,6 +49,12 @@ class Problem:
     @property
     def target_mask(self) -> Bool[Tensor, "batch pos"]:
         return self.targets >= 0
+
+    def subset(self, idx: Int[Tensor, " k"]) -> Problem:
+        """The rows ``idx`` of this batch (same padded width, so every row's computation is unchanged)."""
+        keep = idx.tolist()
+        tensors = {f.name: getattr(self, f.name)[idx] for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        return replace(self, ids=[self.ids[i] for i in keep], prompt_lens=[self.prompt_lens[i] for i in keep], **tensors)
 
 
 def delta_hook(layer: int) -> str:

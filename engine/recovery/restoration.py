@@ -29,6 +29,7 @@ Repeating until held spends the iterations where a flip happened and none where 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 
@@ -77,15 +78,31 @@ class GaussNewtonRestorer:
         return out
 
     def restore_once(self, active: Tensor | None = None) -> Float[Tensor, " batch"]:
-        """One Gauss–Newton iteration of the ``active`` prompts (default: all; the others keep their δ); returns ‖r‖ per
-        prompt before it."""
+        """One Gauss–Newton iteration of the ``active`` prompts (default: all; the others keep their δ exactly); returns
+        ‖r‖ per prompt before it (0 for a prompt not restored). Only the active rows are solved: the systems are
+        independent per prompt, and with restore-until-held most prompt-iterations have nothing to restore."""
+        if active is None or bool(active.all()):
+            return self._solve()
+        norms = torch.zeros(active.shape, device=active.device)
+        idx = active.nonzero()[:, 0]
+        if idx.numel() == 0:
+            return norms
+        sub = copy.copy(self)
+        sub.objective, sub.pre_def, sub.budget = self.objective.subset(idx), self.pre_def[idx], self.budget[idx]
+        sub.params = [t.detach()[idx].clone() for t in self.params]
+        norms[idx] = sub._solve().to(norms.dtype)
+        with torch.no_grad():
+            for t, s in zip(self.params, sub.params):
+                t[idx] = s
+        return norms
+
+    def _solve(self) -> Float[Tensor, " batch"]:
+        """One Gauss–Newton iteration of every prompt of this restorer's batch."""
         obj, cfg = self.objective, self.cfg
         params = [t.detach().requires_grad_(True) for t in self.params]
         mask = obj.constrained[..., None]
         zl = self._pre(params)  # [batch, pos, |S_later|] pre-activations
         r = (zl - self.pre_def * mask).detach()
-        if active is not None:
-            r = r * active[:, None, None]  # a zero residual: CG returns a zero step for that prompt
         u = torch.zeros_like(zl, requires_grad=True)
         vjp_u = torch.autograd.grad((zl * u).sum(), params, create_graph=True, allow_unused=True)
 
