@@ -183,6 +183,29 @@ def test_bad_ladder_input_on_the_command_line_exits_with_the_message(tmp_path, m
     assert not (tmp_path / "ladder").exists() or not any((tmp_path / "ladder").iterdir())
 
 
+def test_training_samples_name_the_entry_and_its_build_command():
+    from engine.sae_recipe.ladder import LadderConfig, build_command, entry_name, recipe_configs
+
+    name = entry_name(9216, 48, resample_every=50, general_text=400, training_samples=2_000_000)
+    assert name == "w9216-k48-r50-g400-t2000000"
+    assert build_command(name) == ("python -m engine.sae_recipe ladder --widths 9216 --ks 48 --resample-every 50 "
+                                   "--general-text 400 --tokens 2000000")
+    assert recipe_configs(LadderConfig(training_samples=2_000_000))[1].training_samples == 2_000_000
+    assert recipe_configs(LadderConfig())[1].training_samples == 480_000
+
+
+def test_bad_training_sizes_on_the_command_line_are_clear_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SAE_LAB_CACHE", str(tmp_path))
+    assert recipe_main(["ladder", "--model", "tiny", "--widths", "16", "--ks", "4", "--tokens", "0"]) == 2
+    assert "training samples must be positive" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert recipe_main(["train", "--k", "0", "--out", str(out), "--work", str(tmp_path / "w")]) == 2
+    assert "--k must be a positive whole number" in capsys.readouterr().err
+    assert recipe_main(["train", "--d-sae", "16", "--k", "32", "--out", str(out), "--work", str(tmp_path / "w")]) == 2
+    assert "k = 32 is larger than the width 16" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything is written
+
+
 # ------------------------------------------------------------------------------------------------ recipe v2
 
 

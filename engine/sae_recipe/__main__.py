@@ -1,8 +1,9 @@
 """``python -m engine.sae_recipe train|preset-multi|ladder|verify``: reproduce the shipped default SAEs offline, choose
 the multi-layer preset, build the width ladder in the user cache, or check their hashes.
 
-    python -m engine.sae_recipe train [--hook H ...] [--tokens N] [--out DIR] [--work DIR] [--resample-every N] [--general-text N]
-    python -m engine.sae_recipe ladder [--widths W,..] [--ks K,..] [--hook H] [--model default|tiny] [--work DIR]
+    python -m engine.sae_recipe train [--hook H ...] [--tokens N] [--d-sae W] [--k K] [--out DIR] [--work DIR] [--resample-every N]
+                                      [--general-text N]
+    python -m engine.sae_recipe ladder [--widths W,..] [--ks K,..] [--hook H] [--model default|tiny] [--work DIR] [--tokens N]
     python -m engine.sae_recipe preset-multi [--ks-15 K,..] [--alphas-15 A,..] [--ks-20 K,..] [--alphas-20 A,..]
                                              [--extra K15:A15:K20:A20,..] [--candidates contrast|direction] [--out DIR]
     python -m engine.sae_recipe verify [--out DIR]
@@ -58,8 +59,15 @@ def cmd_train(args) -> dict:
         pcfg.ks = tuple(int(v) for v in args.ks.split(","))
     if args.alphas:
         pcfg.alphas = tuple(float(v) for v in args.alphas.split(","))
+    for name in ("tokens", "d_sae", "k"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise LabError(f"--{name.replace('_', '-')} must be a positive whole number; got {value}")
     if args.tokens:
         tcfg.training_samples = args.tokens
+    tcfg.d_sae, tcfg.k = args.d_sae or tcfg.d_sae, args.k or tcfg.k
+    if tcfg.k > tcfg.d_sae:
+        raise LabError(f"k = {tcfg.k} is larger than the width {tcfg.d_sae}")
     if args.resample_every < 0 or args.general_text < 0:
         raise LabError("the resampling interval and the number of general-text passages must be 0 (off) or positive")
     tcfg.resample_every, ccfg.general_text_passages = args.resample_every, args.general_text
@@ -163,7 +171,7 @@ def cmd_ladder(args) -> dict:
 
     cfg = LadderConfig(
         widths=parse_sizes(args.widths, "widths") or DEFAULT_WIDTHS, ks=parse_sizes(args.ks, "k values") or DEFAULT_KS,
-        hook=args.hook, model=args.model, work=args.work, seed=args.seed, resample_every=args.resample_every,
+        hook=args.hook, model=args.model, work=args.work, seed=args.seed, resample_every=args.resample_every, training_samples=args.tokens,
         general_text=args.general_text, preset_ks=parse_sizes(args.preset_ks, "preset K values"), preset_alphas=floats(args.alphas),
         command="python -m engine.sae_recipe ladder " + " ".join(args.argv),
     )
@@ -195,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="reproduce the default SAEs (offline, ~20 min on 2 CPU cores)")
     t.add_argument("--hook", action="append", help=f"hook to train (repeatable; default: {', '.join(DEFAULT_HOOKS)})")
     t.add_argument("--tokens", type=int, default=None, help="training samples per SAE (default 480000)")
+    t.add_argument("--d-sae", dest="d_sae", type=int, default=None, help="SAE width (default 4608; the shipped files must stay ≤ 16 MB)")
+    t.add_argument("--k", type=int, default=None, help="TopK k, the served SAE's target L0 (default 32)")
     t.add_argument("--out", default=str(DEFAULT_SAE_DIR), help="where to write the SAE folders and manifest")
     t.add_argument("--work", default="/tmp/sae-lab-default", help="cache for own answers and activations")
     t.add_argument("--seed", type=int, default=0)
@@ -215,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     lad.add_argument("--alphas", default=None, help="preset grid: value multipliers α (default 3,5)")
     lad.add_argument("--resample-every", dest="resample_every", type=int, default=0, help="recipe v2: resample dead latents every N steps")
     lad.add_argument("--general-text", dest="general_text", type=int, default=0, help="recipe v2: N passages of general offline text")
+    lad.add_argument("--tokens", type=int, default=None, help="recipe v2: training samples per SAE (default 480000; names get -tN)")
     m = sub.add_parser("preset-multi", help="choose the multi-layer preset (layers 15 and 20) by measurement")
     m.add_argument("--ks-15", dest="ks_15", default=None, help="grid: layer-15 feature counts, e.g. 10,15")
     m.add_argument("--alphas-15", dest="alphas_15", default=None, help="grid: layer-15 multipliers, e.g. 3,4")
