@@ -309,7 +309,8 @@ def test_probe_basis_is_reestimated_with_adam_corrections_and_estimated_once_wit
 def test_the_default_cross_layer_settings_are_the_gauss_newton_restoration_on_answer_positions():
     """The documented defaults (docs/RECOVERY.md) that met the drift target on the default model."""
     d = RecoveryConfig(projection="jacobian")
-    assert (d.correction, d.cg_iters, d.correction_steps, d.restore_below, d.constraint_positions) == ("gauss-newton", 8, 3, 0.5, "answer")
+    assert (d.correction, d.cg_iters, d.correction_steps, d.restore_below, d.gn_damping, d.constraint_positions) == (
+        "gauss-newton", 8, 3, 0.5, 0.1, "answer")
 
 
 def _restorer(lm, specs, flips, cfg, scale=0.3):

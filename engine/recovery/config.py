@@ -100,8 +100,10 @@ class RecoveryConfig:
     restore_below: float = 0.5
     """``jacobian`` + ``gauss-newton``: restore a prompt only while its held drift is above this fraction of the drift
     threshold, and stop the iterations when no prompt's is (0: always run correction_steps iterations)."""
-    gn_damping: float = 1e-3
-    """``jacobian`` + ``gauss-newton``: damping μ as a fraction of the Rayleigh quotient rᵀAAᵀr/rᵀr."""
+    gn_damping: float = 0.1
+    """``jacobian`` + ``gauss-newton``: damping μ as a fraction of the Rayleigh quotient rᵀAAᵀr/rᵀr. 0.1: at 1e-3 the
+    8 CG iterations left a relative residual of ≈ 0.9 (the system is too ill-conditioned) and the two harmless flips
+    that were never held stayed so; at 0.1 both were held and recovered (docs/RECOVERY.md)."""
     suffix_tokens: int = 8
     """``soft-suffix``: number of soft tokens appended to the instruction."""
     batch_size: int = 4
