@@ -44,6 +44,7 @@ def cmd_train(args) -> dict:
     from engine.lm.loading import load_model
     from engine.lm.saes import hook_layer
     from engine.sae_recipe.corpus import CorpusConfig
+    from engine.sae_recipe.ladder import rungs
     from engine.sae_recipe.pipeline import build_sae, prepare
     from engine.sae_recipe.preset import PresetConfig
     from engine.sae_recipe.serve import write_sae_folder
@@ -66,8 +67,7 @@ def cmd_train(args) -> dict:
     if args.tokens:
         tcfg.training_samples = args.tokens
     tcfg.d_sae, tcfg.k = args.d_sae or tcfg.d_sae, args.k or tcfg.k
-    if tcfg.k > tcfg.d_sae:
-        raise LabError(f"k = {tcfg.k} is larger than the width {tcfg.d_sae}")
+    rungs((tcfg.d_sae,), (tcfg.k,))  # the ladder's own check: k no larger than the width
     if args.resample_every < 0 or args.general_text < 0:
         raise LabError("the resampling interval and the number of general-text passages must be 0 (off) or positive")
     tcfg.resample_every, ccfg.general_text_passages = args.resample_every, args.general_text
