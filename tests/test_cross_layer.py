@@ -368,7 +368,7 @@ def test_restoration_repeats_until_the_held_drift_is_under_its_share_of_the_thre
     assert 1 <= used < 6 and bool((after <= 0.025).all()), (used, start, after)
     assert restorer() == 0  # already held: no iteration at all
     calls = []
-    monkeypatch.setattr(GaussNewtonRestorer, "restore_once", lambda self, active=None: calls.append(active))
+    monkeypatch.setattr(GaussNewtonRestorer, "restore_once", lambda self, active=None, damping=None: calls.append(active))
     always, _ = _restorer(tiny_lm, two_layer_specs, flips, dataclasses.replace(cfg, restore_below=0.0, correction_steps=3))
     assert always() == 3 and calls == [None, None, None]
 
@@ -377,3 +377,30 @@ def test_restoration_repeats_until_the_held_drift_is_under_its_share_of_the_thre
 def test_restore_below_outside_zero_to_one_is_refused(value):
     with pytest.raises(LabError, match="restore-below share"):
         RecoveryConfig(restore_below=value)
+
+
+def test_each_further_restoration_in_a_step_is_damped_by_the_decay(tiny_lm, two_layer_specs, flips, monkeypatch):
+    """gn_damping_decay (Levenberg–Marquardt): the i-th Gauss–Newton iteration within a step solves at
+    gn_damping × decay^i, through the real solve, and a larger damping gives a shorter step."""
+    from engine.recovery.restoration import GaussNewtonRestorer
+
+    cfg = dataclasses.replace(BASE, projection="jacobian", correction="gauss-newton", cg_iters=4, correction_steps=3,
+                              restore_below=0.0, gn_damping=0.2, gn_damping_decay=0.1)
+    seen, solve = [], GaussNewtonRestorer._solve
+    monkeypatch.setattr(GaussNewtonRestorer, "_solve", lambda self, damping: (seen.append(damping), solve(self, damping))[1])
+    restorer, _ = _restorer(tiny_lm, two_layer_specs, flips, cfg)
+    assert restorer() == 3
+    assert seen == pytest.approx([0.2, 0.02, 0.002])
+    moved = []
+    for mu in (1e-3, 10.0):
+        r, p = _restorer(tiny_lm, two_layer_specs, flips, cfg)
+        before = p[0].clone()
+        r.restore_once(damping=mu)
+        moved.append(float((p[0] - before).norm()))
+    assert moved[1] < moved[0], moved
+
+
+@pytest.mark.parametrize("value", [0.0, -0.5, 1.5])
+def test_a_damping_decay_outside_zero_to_one_is_refused(value):
+    with pytest.raises(LabError, match="damping decay must be above 0 and at most 1"):
+        RecoveryConfig(gn_damping_decay=value)

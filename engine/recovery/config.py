@@ -104,6 +104,10 @@ class RecoveryConfig:
     """``jacobian`` + ``gauss-newton``: damping μ as a fraction of the Rayleigh quotient rᵀAAᵀr/rᵀr. 0.1: at 1e-3 the
     8 CG iterations left a relative residual of ≈ 0.9 (the system is too ill-conditioned) and the two harmless flips
     that were never held stayed so; at 0.1 both were held and recovered (docs/RECOVERY.md)."""
+    gn_damping_decay: float = 1.0
+    """``jacobian`` + ``gauss-newton``: each further restoration within a step multiplies the damping by this
+    (Levenberg–Marquardt: a prompt still not held after a damped iteration gets a step nearer plain Gauss–Newton);
+    1 keeps it constant."""
     suffix_tokens: int = 8
     """``soft-suffix``: number of soft tokens appended to the instruction."""
     batch_size: int = 4
@@ -182,6 +186,7 @@ FIELD_LABELS: dict[str, str] = {
     "probe_tol": "probe tolerance", "probe_every": "probe interval (steps between re-estimates)",
     "correction_steps": "correction steps", "correction_lr": "correction learning rate", "penalty_growth": "penalty growth factor",
     "cg_iters": "conjugate-gradient iterations", "gn_damping": "Gauss–Newton damping",
+    "gn_damping_decay": "Gauss–Newton damping decay",
     "restore_below": "restore-below share of the drift threshold",
     "suffix_tokens": "soft-suffix tokens", "batch_size": "batch size", "max_new_tokens": "recovered answer length",
     "seed": "seed",
@@ -193,6 +198,7 @@ FIELD_RULES: dict[str, tuple] = {
     "budget": (float, "positive", False), "lr": (float, "positive", False), "correction_lr": (float, "positive", False),
     "answer_weight": (float, "non-negative", False), "drift_penalty": (float, "non-negative", True),
     "penalty_growth": (float, "positive", False), "gn_damping": (float, "positive", False),
+    "gn_damping_decay": (float, "decay", False),
     "cg_iters": (int, "count", False), "restore_below": (float, "unit", False),
     "drift_threshold": (float, "threshold", True), "probe_tol": (float, "fraction", False),
     "steps": (int, "count", False), "answer_tokens": (int, "count", False), "batch_size": (int, "count", False),
@@ -235,6 +241,8 @@ def check_field(name: str, value):
         raise FieldError(name, f"{label} must be ≥ 0, got {value:g}")
     if rule == "fraction" and not 0 < value < 1:
         raise FieldError(name, f"{label} must be between 0 and 1, got {value:g}")
+    if rule == "decay" and not 0 < value <= 1:
+        raise FieldError(name, f"{label} must be above 0 and at most 1 (1 keeps the damping constant), got {value:g}")
     if rule == "unit" and not 0 <= value <= 1:
         raise FieldError(name, f"{label} must be between 0 and 1 (0 turns it off), got {value:g}")
     return value

@@ -17,6 +17,8 @@ vector–Jacobian product, and Av a Jacobian–vector product obtained by differ
 (linear) cotangent — the double-backward trick, so no forward-mode support is needed from the blocks.
 Up to ``correction_steps`` Gauss–Newton iterations are run per recovery step (the constraint is nonlinear), each
 ``cg_iters`` CG iterations; μ = ``gn_damping`` × the Rayleigh quotient rᵀAAᵀr / rᵀr, a scale-free damping.
+The i-th iteration within a step multiplies it by ``gn_damping_decay``^i (Levenberg–Marquardt): a heavily damped
+step is short and safe, and a prompt it left unheld gets a step nearer plain Gauss–Newton next.
 
 **Restore until held** (``restore_below``): a prompt is restored only while its held drift — the later clamps'
 activation drift that keep-best reads — is above ``restore_below`` × the drift threshold, and the iterations stop
@@ -77,12 +79,14 @@ class GaussNewtonRestorer:
             out.append(self.encoder(g) if self.encoder is not None else g)
         return out
 
-    def restore_once(self, active: Tensor | None = None) -> Float[Tensor, " batch"]:
-        """One Gauss–Newton iteration of the ``active`` prompts (default: all; the others keep their δ exactly); returns
+    def restore_once(self, active: Tensor | None = None, damping: float | None = None) -> Float[Tensor, " batch"]:
+        """One Gauss–Newton iteration of the ``active`` prompts (default: all; the others keep their δ exactly) at
+        ``damping`` (default: ``gn_damping``); returns
         ‖r‖ per prompt before it (0 for a prompt not restored). Only the active rows are solved: the systems are
         independent per prompt, and with restore-until-held most prompt-iterations have nothing to restore."""
+        damping = self.cfg.gn_damping if damping is None else damping
         if active is None or bool(active.all()):
-            return self._solve()
+            return self._solve(damping)
         norms = torch.zeros(active.shape, device=active.device)
         idx = active.nonzero()[:, 0]
         if idx.numel() == 0:
@@ -90,14 +94,14 @@ class GaussNewtonRestorer:
         sub = copy.copy(self)
         sub.objective, sub.pre_def, sub.budget = self.objective.subset(idx), self.pre_def[idx], self.budget[idx]
         sub.params = [t.detach()[idx].clone() for t in self.params]
-        norms[idx] = sub._solve().to(norms.dtype)
+        norms[idx] = sub._solve(damping).to(norms.dtype)
         with torch.no_grad():
             for t, s in zip(self.params, sub.params):
                 t[idx] = s
         return norms
 
-    def _solve(self) -> Float[Tensor, " batch"]:
-        """One Gauss–Newton iteration of every prompt of this restorer's batch."""
+    def _solve(self, damping: float) -> Float[Tensor, " batch"]:
+        """One Gauss–Newton iteration of every prompt of this restorer's batch at damping ``damping``."""
         obj, cfg = self.objective, self.cfg
         params = [t.detach().requires_grad_(True) for t in self.params]
         mask = obj.constrained[..., None]
@@ -119,7 +123,7 @@ class GaussNewtonRestorer:
 
         rr = _dot(r, r)
         live = rr > 0
-        mu = cfg.gn_damping * _dot(r, normal(r)) / rr.clamp_min(1e-30)  # [batch]
+        mu = damping * _dot(r, normal(r)) / rr.clamp_min(1e-30)  # [batch]
         # CG on (AAᵀ + μI) x = r, one system per prompt, vectorised over the batch
         x = torch.zeros_like(r)
         res, p = r.clone(), r.clone()
@@ -185,5 +189,5 @@ class GaussNewtonRestorer:
             if active is not None and not bool(active.any()):
                 logger.debug("restoration: %d iteration(s)", i)
                 return i
-            self.restore_once(active)
+            self.restore_once(active, self.cfg.gn_damping * self.cfg.gn_damping_decay**i)
         return self.cfg.correction_steps
