@@ -85,10 +85,11 @@ class RecoveryConfig:
     corrections keeps a step at 2.0× the encoder step, the paper's cadence costs 4.3×: bench/recovery_step.py). With
     ``gauss-newton`` the row space is estimated once, at δ = 0: the restoration holds the constraint every step, and
     re-estimating the probes would only add their VJPs to each step."""
-    correction_steps: int = 3
+    correction_steps: int = 6
     """``jacobian``: drift corrections after every step: at most this many Gauss–Newton restorations (fewer when the
-    held drift is already under ``restore_below`` × the threshold), or this many Adam steps on the relative drift
-    alone (the paper: 5 Adam steps)."""
+    held drift is already under ``restore_below`` × the threshold; 6: at 3 the hardest AdvBench flip of the first 24
+    was never held past step 2, at 6 it was held and recovered, docs/RECOVERY.md), or this many Adam steps on the
+    relative drift alone (the paper: 5 Adam steps)."""
     correction_lr: float = 0.05
     """``jacobian``: learning rate of the drift-correction steps (the paper: 0.05)."""
     correction: Correction = "gauss-newton"
