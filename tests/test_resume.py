@@ -72,6 +72,20 @@ def test_resume_with_other_settings_names_the_setting(run, capsys):
     assert len(_records(run / "recoveries" / "enc")) == 4
 
 
+def test_a_record_saved_before_a_setting_existed_resumes_as_that_settings_old_behaviour(run, capsys):
+    """A record written before gn_damping_decay existed ran with a constant damping (decay 1): it resumes under the
+    default, and a resume with another decay is still refused."""
+    shutil.copytree(run / "recoveries" / "enc", run / "recoveries" / "old")
+    cfg_path = run / "recoveries" / "old" / "recovery_config.json"
+    saved = json.loads(cfg_path.read_text())
+    assert saved.pop("gn_damping_decay") == 1.0
+    cfg_path.write_text(json.dumps({**saved, "name": "old"}))
+    assert main(["recover", "--run", str(run), "--name", "old", "--resume", "--budget", "10", *RECOVER]) == 0
+    assert main(["recover", "--run", str(run), "--name", "old", "--resume", "--budget", "10", "--gn-damping-decay", "0.5",
+                 *RECOVER]) == 2
+    assert "gn_damping_decay: 1.0 there, 0.5 now" in capsys.readouterr().err
+
+
 def test_bad_record_names_are_refused(run, capsys):
     for bad in ("../x", "a/b", ".hidden"):
         assert main(["recover", "--run", str(run), "--name", bad, *RECOVER]) == 2

@@ -177,6 +177,10 @@ class RecoveryConfig:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
+ADDED_FIELDS: dict[str, object] = {"gn_damping_decay": 1.0}
+"""Fields added after recovery records were written, each with the value that reproduces a record saved without it
+(a resume compares such a record's settings with these filled in)."""
+
 SEED_MAX = 2**32 - 1
 """The largest seed (what numpy and torch both accept, with room for the per-batch offsets added to it)."""
 

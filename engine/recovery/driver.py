@@ -21,7 +21,7 @@ from engine.method.clamp import ClampSpec
 from engine.method.generation import GenerationConfig, generate
 from engine.method.judge import JudgeConfig
 from engine.recovery import metrics
-from engine.recovery.config import PromptResult, RecoveryConfig, StepEvent
+from engine.recovery.config import ADDED_FIELDS, PromptResult, RecoveryConfig, StepEvent
 from engine.recovery.objective import DeltaObjective
 from engine.recovery.optimize import DeltaResult, optimize_delta
 from engine.recovery.problem import build_problem, check_delta_layer, default_delta_layer
@@ -234,6 +234,6 @@ def run_recovery(
     ctx = open_run(run, lm=lm)
     layer = resolve_delta_layer(cfg, ctx.specs, ctx.lm.n_layers)
     settings = recovery_settings(cfg, layer, flips, valid, limit, zero_delta)
-    out = start_or_resume(run, name, "recovery", settings, resume)
+    out = start_or_resume(run, name, "recovery", settings, resume, ADDED_FIELDS)
     summary = recover_into(out, run, ctx, flips, cfg, settings, on_event, cancel, exe, progress, on_progress)
     return {**summary, "name": out.name, "dir": str(out)}

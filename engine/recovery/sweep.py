@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.errors import LabError
 from engine.lm.models import LoadedModel
-from engine.recovery.config import RecoveryConfig, StepEvent
+from engine.recovery.config import ADDED_FIELDS, RecoveryConfig, StepEvent
 from engine.recovery.driver import recover_into, recovery_settings, resolve_delta_layer
 from engine.scale.config import LOCAL, ExecutorConfig
 from engine.scale.streams import Progress
@@ -57,7 +57,7 @@ def run_sweep(run_dir: str | Path, budgets: Sequence[float], cfg: RecoveryConfig
     settings = {**recovery_settings(cfg, layer, flips, valid, limit, False), "budgets": list(budgets)}
     settings.pop("budget")
     settings.pop("zero_delta")
-    out = start_or_resume(run, name, "sweep", settings, resume)
+    out = start_or_resume(run, name, "sweep", settings, resume, ADDED_FIELDS)
     points = []
     sweep = {"budgets": list(budgets), "budget_kind": cfg.budget_kind, "budget_relative": cfg.budget_relative,
              "projection": cfg.projection, "valid": valid, "points": points}

@@ -160,13 +160,15 @@ def create_record(run: Path, name: str | None, kind: RecordKind, config: dict) -
     return path
 
 
-def start_or_resume(run: Path, name: str | None, kind: RecordKind, settings: dict, resume: bool) -> Path:
+def start_or_resume(run: Path, name: str | None, kind: RecordKind, settings: dict, resume: bool,
+                    added: dict | None = None) -> Path:
     """The folder of a new record holding ``settings``, or (``resume``) of record ``name`` (default the newest of
-    ``kind``) after checking it was started with the same settings."""
+    ``kind``) after checking it was started with the same settings. ``added``: settings introduced after some records
+    were written, each with the value that reproduces a record saved without it."""
     if not resume:
         return create_record(run, name, kind, settings)
     record = get_record(run, name, kind)
-    check_resume(record.config, settings, f"{kind} {record.name!r}")
+    check_resume({**(added or {}), **record.config}, settings, f"{kind} {record.name!r}")
     return record.path
 
 
