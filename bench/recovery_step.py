@@ -137,7 +137,7 @@ CROSS_SETTINGS = (
     {"correction": "adam", "n_probes": 8, "probe_every": 5, "correction_steps": 2},
     {"correction": "adam", "n_probes": 4, "probe_every": 5, "correction_steps": 1},
     {"correction": "adam", "n_probes": 8, "probe_every": 10, "correction_steps": 0},
-    # the lab's default: up to 3 Gauss–Newton restorations per step (CG 8) until the held drift is under 0.025
+    # the lab's default: up to 6 Gauss–Newton restorations per step (CG 8) until the held drift is under 0.025
     {"correction": "gauss-newton"},
     {"correction": "gauss-newton", "cg_iters": 8, "correction_steps": 1},
     {"correction": "gauss-newton", "cg_iters": 16, "correction_steps": 1},
