@@ -108,7 +108,7 @@ class RecoveryConfig:
     gn_damping_decay: float = 1.0
     """``jacobian`` + ``gauss-newton``: each further restoration within a step multiplies the damping by this
     (Levenberg–Marquardt: a prompt still not held after a damped iteration gets a step nearer plain Gauss–Newton);
-    1 keeps it constant."""
+    1 keeps it constant: 0.1 lost the flip that 6 constant iterations recovered (docs/RECOVERY.md)."""
     suffix_tokens: int = 8
     """``soft-suffix``: number of soft tokens appended to the instruction."""
     batch_size: int = 4

@@ -17,8 +17,10 @@ vector–Jacobian product, and Av a Jacobian–vector product obtained by differ
 (linear) cotangent — the double-backward trick, so no forward-mode support is needed from the blocks.
 Up to ``correction_steps`` Gauss–Newton iterations are run per recovery step (the constraint is nonlinear), each
 ``cg_iters`` CG iterations; μ = ``gn_damping`` × the Rayleigh quotient rᵀAAᵀr / rᵀr, a scale-free damping.
-The i-th iteration within a step multiplies it by ``gn_damping_decay``^i (Levenberg–Marquardt): a heavily damped
-step is short and safe, and a prompt it left unheld gets a step nearer plain Gauss–Newton next.
+The i-th iteration within a step multiplies it by ``gn_damping_decay``^i (Levenberg–Marquardt: a prompt a damped
+step left unheld gets a step nearer plain Gauss–Newton next). Default 1: on the default model the later iterations'
+residual lies in the constraint's weak directions, where a smaller μ left CG unconverged and the prompt unheld;
+more iterations at the same μ held it (docs/RECOVERY.md, stop 22).
 
 **Restore until held** (``restore_below``): a prompt is restored only while its held drift — the later clamps'
 activation drift that keep-best reads — is above ``restore_below`` × the drift threshold, and the iterations stop
