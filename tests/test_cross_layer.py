@@ -387,7 +387,12 @@ def test_each_further_restoration_in_a_step_is_damped_by_the_decay(tiny_lm, two_
     cfg = dataclasses.replace(BASE, projection="jacobian", correction="gauss-newton", cg_iters=4, correction_steps=3,
                               restore_below=0.0, gn_damping=0.2, gn_damping_decay=0.1)
     seen, solve = [], GaussNewtonRestorer._solve
-    monkeypatch.setattr(GaussNewtonRestorer, "_solve", lambda self, damping: (seen.append(damping), solve(self, damping))[1])
+
+    def recording(self, damping):
+        seen.append(damping)
+        return solve(self, damping)
+
+    monkeypatch.setattr(GaussNewtonRestorer, "_solve", recording)
     restorer, _ = _restorer(tiny_lm, two_layer_specs, flips, cfg)
     assert restorer() == 3
     assert seen == pytest.approx([0.2, 0.02, 0.002])
