@@ -101,11 +101,10 @@ class RecoveryConfig:
     restore_below: float = 0.5
     """``jacobian`` + ``gauss-newton``: restore a prompt only while its held drift is above this fraction of the drift
     threshold, and stop the iterations when no prompt's is (0: always run correction_steps iterations)."""
-    gn_damping: float = 0.1
-    """``jacobian`` + ``gauss-newton``: damping μ as a fraction of the Rayleigh quotient rᵀAAᵀr/rᵀr. 0.1: at 1e-3 the
-    8 CG iterations left a relative residual of ≈ 0.9 (the system is too ill-conditioned) and, at ≤ 3 iterations, two
-    harmless flips were never held; at 0.1 both were recovered. Under review: 0.1 loses AdvBench flips that 1e-3
-    recovers, and 1e-3 with ≤ 6 iterations also recovered the two harmless flips (docs/RECOVERY.md, stop 22)."""
+    gn_damping: float = 1e-3
+    """``jacobian`` + ``gauss-newton``: damping μ as a fraction of the Rayleigh quotient rᵀAAᵀr/rᵀr. 1e-3 (nearly plain
+    Gauss–Newton): with ≤ 6 iterations it held and recovered the two harmless flips that ≤ 3 never held, and 0.1 (the
+    default of stops 21–22) lost AdvBench flips 2, 6 and 12 that 1e-3 recovered (docs/RECOVERY.md, stop 22)."""
     gn_damping_decay: float = 1.0
     """``jacobian`` + ``gauss-newton``: each further restoration within a step multiplies the damping by this
     (Levenberg–Marquardt: a prompt still not held after a damped iteration gets a step nearer plain Gauss–Newton);
