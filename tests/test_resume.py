@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -79,11 +80,30 @@ def test_a_record_saved_before_a_setting_existed_resumes_as_that_settings_old_be
     cfg_path = run / "recoveries" / "old" / "recovery_config.json"
     saved = json.loads(cfg_path.read_text())
     assert saved.pop("gn_damping_decay") == 1.0
-    cfg_path.write_text(json.dumps({**saved, "name": "old"}))
-    assert main(["recover", "--run", str(run), "--name", "old", "--resume", "--budget", "10", *RECOVER]) == 0
-    assert main(["recover", "--run", str(run), "--name", "old", "--resume", "--budget", "10", "--gn-damping-decay", "0.5",
-                 *RECOVER]) == 2
+    # the complete record is relabelled a Jacobian one (the resume is then a no-op), where the damping decay matters
+    jac = ["--projection", "jacobian", "--budget", "10", *RECOVER]
+    cfg_path.write_text(json.dumps({**saved, "name": "old", "projection": "jacobian", "effective_drift_penalty": 200.0}))
+    assert main(["recover", "--run", str(run), "--name", "old", "--resume", *jac]) == 0
+    assert main(["recover", "--run", str(run), "--name", "old", "--resume", "--gn-damping-decay", "0.5", *jac]) == 2
     assert "gn_damping_decay: 1.0 there, 0.5 now" in capsys.readouterr().err
+
+
+def test_a_resume_may_change_settings_the_projection_never_reads(run, capsys):
+    """The `none` baseline reads no Jacobian setting, so a record started under other Jacobian defaults resumes; a
+    setting it does read (the budget) is still checked, and a Jacobian record is held to every Jacobian setting."""
+    records = run / "recoveries"
+    assert main(["recover", "--run", str(run), "--name", "base", "--projection", "none", "--budget", "10",
+                 "--correction-steps", "3", "--limit", "2", *RECOVER]) == 0
+    full = ["recover", "--run", str(run), "--name", "base", "--resume", "--projection", "none", "--limit", "2", *RECOVER]
+    assert main([*full, "--budget", "10", "--correction-steps", "6", "--gn-damping", "0.1"]) == 0
+    assert main([*full, "--budget", "9", "--correction-steps", "6"]) == 2
+    assert "budget: 10.0 there, 9.0 now" in capsys.readouterr().err
+    assert json.loads((records / "base" / "recovery_config.json").read_text())["correction_steps"] == 3  # unchanged
+    jac = ["recover", "--run", str(run), "--projection", "jacobian", "--budget", "10", "--limit", "1", *RECOVER]
+    assert main([*jac, "--name", "jac", "--correction", "adam", "--gn-damping", "0.1"]) == 0
+    assert main([*jac, "--name", "jac", "--resume", "--correction", "adam", "--gn-damping", "0.5"]) == 0  # adam: unread
+    assert main([*jac, "--name", "jac", "--resume", "--correction", "adam", "--correction-lr", "0.5"]) == 2
+    assert "correction_lr: 0.05 there, 0.5 now" in capsys.readouterr().err
 
 
 def test_bad_record_names_are_refused(run, capsys):
@@ -302,6 +322,25 @@ def test_a_cancelled_sweep_resumes_to_the_uninterrupted_result(tmp_path, run, ti
         assert _records(work / "recoveries" / "s" / b) == _records(work / "recoveries" / "w" / b)
     with pytest.raises(LabError, match="budgets"):
         run_sweep(work, [0, 2], cfg, lm=tiny_lm, name="s", resume=True)
+
+
+def test_a_sweep_saved_before_a_setting_existed_resumes(tmp_path, run, tiny_lm):
+    """The sweep's record and each budget point's config, written before gn_damping_decay existed, resume under the
+    value that reproduces them; another value is refused."""
+    from engine.recovery.config import RecoveryConfig
+    from engine.recovery.sweep import run_sweep
+
+    work = tmp_path / "run"
+    shutil.copytree(run, work, ignore=shutil.ignore_patterns("recoveries"))
+    cfg = RecoveryConfig(projection="jacobian", steps=2, max_new_tokens=4, answer_tokens=8, batch_size=2)
+    first = run_sweep(work, [2], cfg, lm=tiny_lm, name="s", limit=2)
+    for path in (work / "recoveries" / "s" / "recovery_config.json", work / "recoveries" / "s" / "budget_2" / "recovery_config.json"):
+        saved = json.loads(path.read_text())
+        assert saved.pop("gn_damping_decay") == 1.0
+        path.write_text(json.dumps(saved))
+    assert run_sweep(work, [2], cfg, lm=tiny_lm, name="s", limit=2, resume=True)["points"] == first["points"]
+    with pytest.raises(LabError, match="gn_damping_decay: 1.0 there, 0.5 now"):
+        run_sweep(work, [2], dataclasses.replace(cfg, gn_damping_decay=0.5), lm=tiny_lm, name="s", limit=2, resume=True)
 
 
 def test_a_cancelled_attribution_resumes_and_is_never_run_twice(tmp_path, tiny_lm, capsys):

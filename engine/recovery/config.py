@@ -172,12 +172,27 @@ class RecoveryConfig:
         return {**asdict(self), "effective_drift_threshold": eff if math.isfinite(eff) else None,
                 "effective_drift_penalty": self.effective_drift_penalty}
 
+    def unused_fields(self) -> frozenset[str]:
+        """Settings this configuration never reads, so a resume need not match them: the Jacobian scheme's without
+        ``jacobian``, and the other correction's with it (``engine/recovery/optimize.py``)."""
+        if self.projection != "jacobian":
+            return JACOBIAN_ONLY
+        return ADAM_ONLY if self.correction == "gauss-newton" else GAUSS_NEWTON_ONLY
+
     @classmethod
     def from_json(cls, data: dict) -> RecoveryConfig:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 ADDED_FIELDS: dict[str, object] = {"gn_damping_decay": 1.0}
+
+GAUSS_NEWTON_ONLY = frozenset({"cg_iters", "restore_below", "gn_damping", "gn_damping_decay"})
+"""Read only by the Gauss–Newton restoration (``correction="gauss-newton"``)."""
+ADAM_ONLY = frozenset({"correction_lr", "probe_every"})
+"""Read only with Adam corrections (the Gauss–Newton restoration estimates the probe basis once)."""
+JACOBIAN_ONLY = GAUSS_NEWTON_ONLY | ADAM_ONLY | frozenset({
+    "correction", "correction_steps", "later_encoder_prior", "jacobian_basis", "n_probes", "max_probes", "probe_tol"})
+"""Read only by the ``jacobian`` projection."""
 """Fields added after recovery records were written, each with the value that reproduces a record saved without it
 (a resume compares such a record's settings with these filled in)."""
 

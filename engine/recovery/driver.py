@@ -234,6 +234,6 @@ def run_recovery(
     ctx = open_run(run, lm=lm)
     layer = resolve_delta_layer(cfg, ctx.specs, ctx.lm.n_layers)
     settings = recovery_settings(cfg, layer, flips, valid, limit, zero_delta)
-    out = start_or_resume(run, name, "recovery", settings, resume, ADDED_FIELDS)
+    out = start_or_resume(run, name, "recovery", settings, resume, ADDED_FIELDS, cfg.unused_fields())
     summary = recover_into(out, run, ctx, flips, cfg, settings, on_event, cancel, exe, progress, on_progress)
     return {**summary, "name": out.name, "dir": str(out)}

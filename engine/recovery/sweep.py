@@ -57,7 +57,7 @@ def run_sweep(run_dir: str | Path, budgets: Sequence[float], cfg: RecoveryConfig
     settings = {**recovery_settings(cfg, layer, flips, valid, limit, False), "budgets": list(budgets)}
     settings.pop("budget")
     settings.pop("zero_delta")
-    out = start_or_resume(run, name, "sweep", settings, resume, ADDED_FIELDS)
+    out = start_or_resume(run, name, "sweep", settings, resume, ADDED_FIELDS, cfg.unused_fields())
     points = []
     sweep = {"budgets": list(budgets), "budget_kind": cfg.budget_kind, "budget_relative": cfg.budget_relative,
              "projection": cfg.projection, "valid": valid, "points": points}
@@ -70,7 +70,8 @@ def run_sweep(run_dir: str | Path, budgets: Sequence[float], cfg: RecoveryConfig
         point_settings = recovery_settings(point_cfg, layer, flips, valid, limit, b == 0)
         saved = point_dir / CONFIG_FILE
         if saved.is_file():
-            check_resume(read_json(saved), point_settings, f"budget {b:g} of sweep {out.name!r}")
+            check_resume({**ADDED_FIELDS, **read_json(saved)}, point_settings, f"budget {b:g} of sweep {out.name!r}",
+                         point_cfg.unused_fields())
         else:
             write_json(saved, point_settings)
         summary = recover_into(point_dir, run, ctx, flips, point_cfg, point_settings, on_event, cancel, exe, progress)

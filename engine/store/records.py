@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -161,14 +162,15 @@ def create_record(run: Path, name: str | None, kind: RecordKind, config: dict) -
 
 
 def start_or_resume(run: Path, name: str | None, kind: RecordKind, settings: dict, resume: bool,
-                    added: dict | None = None) -> Path:
+                    added: dict | None = None, unused: Collection[str] = ()) -> Path:
     """The folder of a new record holding ``settings``, or (``resume``) of record ``name`` (default the newest of
     ``kind``) after checking it was started with the same settings. ``added``: settings introduced after some records
-    were written, each with the value that reproduces a record saved without it."""
+    were written, each with the value that reproduces a record saved without it. ``unused``: settings the method does
+    not read under these settings, which may differ."""
     if not resume:
         return create_record(run, name, kind, settings)
     record = get_record(run, name, kind)
-    check_resume({**(added or {}), **record.config}, settings, f"{kind} {record.name!r}")
+    check_resume({**(added or {}), **record.config}, settings, f"{kind} {record.name!r}", unused)
     return record.path
 
 
@@ -176,9 +178,11 @@ RESUME_IGNORED = frozenset({"created", "name", "kind", "device"})
 """Settings that may differ between the first start and a resume."""
 
 
-def check_resume(saved: dict, wanted: dict, what: str) -> None:
-    """Refuse to resume with other settings than the record was started with, naming each setting that differs."""
-    diffs = [k for k in sorted(set(saved) | set(wanted)) if k not in RESUME_IGNORED and saved.get(k) != wanted.get(k)]
+def check_resume(saved: dict, wanted: dict, what: str, unused: Collection[str] = ()) -> None:
+    """Refuse to resume with other settings than the record was started with, naming each setting that differs
+    (``unused``: settings that may differ because the method does not read them)."""
+    skip = RESUME_IGNORED | set(unused)
+    diffs = [k for k in sorted(set(saved) | set(wanted)) if k not in skip and saved.get(k) != wanted.get(k)]
     if diffs:
         detail = "; ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in diffs[:6])
         raise LabError(f"cannot resume {what} with different settings ({detail}); resume with the same settings "
