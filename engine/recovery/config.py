@@ -57,11 +57,12 @@ class RecoveryConfig:
     """λ of the drift penalty λ·‖Δz‖²/‖z_def‖² over the clamps above δ, added to the loss with its gradient
     unprojected. None: 200 (the paper's λ_act) with ``jacobian``, 0 otherwise."""
     penalty_schedule: Literal["fixed", "adaptive"] = "fixed"
-    """``jacobian``: ``fixed`` λ (the paper's), or ``adaptive``: each prompt's λ is multiplied by penalty_growth after
+    """With clamps above δ and a drift penalty > 0 (by default only ``jacobian`` has one): ``fixed`` λ (the paper's),
+    or ``adaptive``: each prompt's λ is multiplied by penalty_growth after
     a step whose held drift exceeds the drift threshold and divided by it (never below the drift penalty) after one
     within it — a per-prompt multiplier that finds the λ the threshold needs (a stronger variant than the paper's)."""
     penalty_growth: float = 2.0
-    """``jacobian`` + ``adaptive``: the factor (> 1) by which a prompt's λ grows or shrinks per step."""
+    """``adaptive``: the factor (> 1) by which a prompt's λ grows or shrinks per step."""
     constraint_positions: Literal["all", "answer"] = "answer"
     """Positions whose drift the constraint holds (the penalty, the Jacobian basis, the corrections and keep-best's
     threshold): ``all`` non-sink positions, prompt and answer (stricter), or ``answer`` positions only (the paper's
