@@ -171,7 +171,9 @@ def test_recovery_records_and_summary_carry_per_layer_figures(tiny_lm, two_layer
     for r in results:
         assert set(r["drift_per_layer"]) == set(r["drift_per_layer_all_positions"]) == set(r["floor_violation_per_layer"]) == {L1, L2}
         assert {h: len(v) for h, v in r["drift_per_layer_history"].items()} == {L1: 4, L2: 4}  # steps 0..3
+        assert r["within_threshold"] is True  # no threshold in BASE
     summary = metrics.summarize(results)
+    assert summary["kept_over_threshold"] == 0
     assert set(summary["drift_per_layer"]) == {L1, L2}
     assert summary["drift_per_layer"][L2] == pytest.approx(sum(r["drift_per_layer"][L2] for r in results) / 2)
 
@@ -409,3 +411,33 @@ def test_each_further_restoration_in_a_step_is_damped_by_the_decay(tiny_lm, two_
 def test_a_damping_decay_outside_zero_to_one_is_refused(value):
     with pytest.raises(LabError, match="damping decay must be above 0 and at most 1"):
         RecoveryConfig(gn_damping_decay=value)
+
+
+def test_keep_best_keeps_a_delta_within_the_threshold_and_says_when_none_was(tiny_lm, two_layer_specs, flips):
+    """Keep-best: the kept δ's held drift is within the threshold whenever any eligible step was, and a prompt whose
+    every eligible step exceeded it is flagged (the boundary stage makes δ = 0 ineligible here)."""
+    free_cfg = dataclasses.replace(BASE, steps=6, boundary_steps=3)
+    obj, free = _solve(tiny_lm, two_layer_specs, flips, free_cfg)
+
+    def held(res):
+        with torch.no_grad():
+            return obj.constrained_drift(obj.evaluate(res.rows, res.gen).z)
+
+    assert all(free.within_threshold)  # no threshold: every prompt is within
+    d_free = held(free)
+    assert float(d_free.min()) > 0
+    # at the unconstrained kept δ's own held drift, that step qualifies: every prompt is within, and kept no higher
+    thr = float(d_free.max())
+    _, res = _solve(tiny_lm, two_layer_specs, flips, dataclasses.replace(free_cfg, drift_threshold=thr))
+    assert all(res.within_threshold)
+    assert float(held(res).max()) <= thr + 1e-6 and min(res.best_step) >= 3
+    # below every eligible step's drift: nothing qualifies, the lowest-loss eligible step is kept and flagged
+    _, over = _solve(tiny_lm, two_layer_specs, flips, dataclasses.replace(free_cfg, drift_threshold=1e-12))
+    assert not any(over.within_threshold) and min(over.best_step) >= 3
+    assert over.best_step == free.best_step  # the same lowest-loss step as with no threshold
+
+
+def test_records_and_summary_report_a_delta_kept_over_the_threshold():
+    rows = [{"non_refusal": True, "base_like": True, "strict_base_like": True, "drift": 0.1, "floor_violation": 0.0,
+             "delta_rel_norm": 0.1, "within_threshold": w} for w in (True, False, None)]
+    assert metrics.summarize(rows)["kept_over_threshold"] == 1

@@ -316,6 +316,10 @@ class PromptResult:
     """Hook → floor violation over the answer positions."""
     drift_per_layer_history: dict[str, list[float]] = field(default_factory=dict)
     """Hook → drift over the answer positions at every optimisation step (the saved per-layer chart)."""
+    within_threshold: bool | None = None
+    """True: the kept δ's step held its drift within the drift threshold; False: no step did, so the lowest-loss δ
+    over it was kept (``best_step`` names it); None: not a δ optimisation (soft suffix) or a record written before
+    this was saved."""
 
     def to_json(self) -> dict:
         return asdict(self)

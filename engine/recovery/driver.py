@@ -122,6 +122,7 @@ def recover_flips(
                 base_logprob_rec=float(lp_rec[b]), loss_history=res.loss_history[b], drift_history=res.drift_history[b],
                 drift_per_layer=per_layer[b], drift_per_layer_all_positions=per_layer_all[b], floor_violation_per_layer=floor_per_layer[b],
                 drift_per_layer_history=res.drift_per_layer_history[b] if res.drift_per_layer_history else {},
+                within_threshold=bool(res.within_threshold[b]),
             )
             yield result, perts[b]
         phase("saving" if start + len(chunk) >= len(flips) else "preparing", where, [int(f["id"]) for f in chunk])

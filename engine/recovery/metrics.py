@@ -90,6 +90,8 @@ def summarize(results: list[dict], config: dict | None = None) -> dict:
         "drift_per_layer": mean_by_layer(results, "drift_per_layer"),
         "floor_violation_per_layer": mean_by_layer(results, "floor_violation_per_layer"),
         "drift_per_layer_all_positions": mean_by_layer(results, "drift_per_layer_all_positions"),
+        # prompts whose kept δ exceeds the drift threshold because no step was within it (records that say so)
+        "kept_over_threshold": sum(r.get("within_threshold") is False for r in results),
         "ci": {
             "non_refusal": rate(count("non_refusal"), n),
             "base_like": rate(count("base_like"), n),
