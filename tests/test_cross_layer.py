@@ -223,6 +223,12 @@ def test_cli_cross_layer_recover_and_attribute_through_the_delta_layer_sae(tmp_p
     assert summary["sae"] == "tiny:blocks.0.hook_resid_post" and summary["components"]["clamped"]["mean_base_logprob_gain"] == 0.0
     assert main(["recover", "--run", str(low), "--delta-layer", "2"]) == 2
     assert "above the lowest clamp" in capsys.readouterr().err
+    # a budget sweep on the two-layer clamp: each point carries the per-layer drift, B = 0 holds every clamp exactly
+    assert main(["sweep", "--run", str(run), *recover, "--budgets", "0,3", "--name", "sw"]) == 0, capsys.readouterr().err
+    points = json.loads((get_record(run, "sw", "sweep").path / "sweep.json").read_text())["points"]
+    assert [p["budget"] for p in points] == [0.0, 3.0]
+    assert all(set(p["drift_per_layer"]) == {L1, L2} and p["kept_over_threshold"] == 0 for p in points)
+    assert points[0]["drift_per_layer"] == {L1: 0.0, L2: 0.0} and points[1]["drift_per_layer"][L1] < 1e-4
 
 
 def test_ksweep_reclamps_and_reflips_per_k(tmp_path, capsys):

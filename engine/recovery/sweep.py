@@ -24,7 +24,8 @@ from engine.store.records import CONFIG_FILE, check_name, check_resume, start_or
 from engine.store.valid_set import valid_flips
 
 POINT_KEYS = ("n_valid", "non_refusal_recovery", "base_like_recovery", "strict_base_like_recovery", "mean_drift",
-              "mean_floor_violation", "mean_delta_rel_norm", "ci")
+              "mean_floor_violation", "mean_delta_rel_norm", "drift_per_layer", "drift_per_layer_all_positions",
+              "floor_violation_per_layer", "kept_over_threshold", "ci")
 """The summary keys each sweep point keeps."""
 
 
