@@ -62,11 +62,19 @@ def _jacobian_settings(d: RecoveryConfig, box, more, form: validate.Form) -> dic
                                                   "adaptive: add blocks of probes until a new block adds little. "
                                                   "exact: every row of the Jacobian (slow: one backward pass per feature and position).")
         out["cg_iters"] = form.number(st, "Conjugate-gradient iterations (Gauss–Newton)", "rec_cg_iters", d.cg_iters,
-                                      check=_rule("cg_iters"), says="CG iterations", hidden=True)
+                                      check=_rule("cg_iters"), says="Conjugate-gradient iterations", hidden=True)
         out["restore_below"] = form.number(st, "Restore while the held drift is above … × the threshold (Gauss–Newton)",
                                            "rec_restore_below", d.restore_below, kind=float, check=_rule("restore_below"),
                                            says="Restore-below share", hidden=True,
                                            help="Between 0 and 1; 0 runs every correction step whatever the drift.")
+        out["gn_damping"] = form.number(st, "Damping μ, × the Rayleigh quotient (Gauss–Newton)", "rec_gn_damping", d.gn_damping,
+                                        kind=float, check=_rule("gn_damping"), says="Gauss–Newton damping", hidden=True,
+                                        help="Positive. Smaller is nearer plain Gauss–Newton (the default 0.001); larger "
+                                             "takes shorter, safer restoration steps (0.1 lost AdvBench flips on the default model).")
+        out["gn_damping_decay"] = form.number(st, "Damping decay per restoration (Gauss–Newton)", "rec_gn_decay", d.gn_damping_decay,
+                                              kind=float, check=_rule("gn_damping_decay"), says="Gauss–Newton damping decay", hidden=True,
+                                              help="Above 0, at most 1: each further restoration within a step multiplies μ "
+                                                   "by this (Levenberg–Marquardt); 1 keeps it constant.")
         out["max_probes"] = form.number(st, "Most probes (adaptive)", "rec_max_probes", d.max_probes, check=_rule("max_probes"),
                                         says="Most probes", hidden=True)
         out["probe_tol"] = form.number(st, "Stop adding probes below this share (adaptive)", "rec_probe_tol", d.probe_tol, kind=float,

@@ -55,6 +55,10 @@ JACOBIAN_FIELDS = [
     ("rec_probe_tol", ["0", "1", "-0.5", "nan", "abc", HUGE], "Probe tolerance", "0.1"),
     ("rec_probe_every", ["0", "-1", "nan", "abc", HUGE], "Probe interval", "5"),
     ("rec_corr_lr", ["0", "-1", "nan", "abc", HUGE], "Correction learning rate", "0.05"),
+    ("rec_cg_iters", ["0", "-1", "nan", "abc", HUGE, "2.5"], "Conjugate-gradient iterations", "8"),
+    ("rec_restore_below", ["-0.1", "1.5", "nan", "abc"], "Restore-below share", "0.5"),
+    ("rec_gn_damping", ["0", "-1", "nan", "abc", HUGE], "Gauss–Newton damping", "0.001"),
+    ("rec_gn_decay", ["0", "1.5", "-1", "nan", "abc"], "damping decay", "1"),
 ]
 
 

@@ -161,15 +161,17 @@ def test_jacobian_recovery_draws_one_drift_line_per_layer_and_per_layer_results(
     at.text_input(key="rec_corr_steps").input("1")
     at.selectbox(key="rec_constraint_positions").set_value("answer")
     at.toggle(key="rec_later_encoder").set_value(True)
+    at.text_input(key="rec_gn_damping").input("0.02")
+    at.text_input(key="rec_gn_decay").input("0.5")
     at.button(key="start_recovery").click().run()
     job = jobs.latest_job("recovery", run="two-layer")
     while job.running and job.n_events < 4:
         job.wait(0.2)
     used = catalogue.get_run("two-layer").record().config
     assert {k: used[k] for k in ("projection", "delta_layer", "n_probes", "correction_steps", "constraint_positions",
-                                 "later_encoder_prior")} == {"projection": "jacobian", "delta_layer": 1, "n_probes": 2,
-                                                             "correction_steps": 1, "constraint_positions": "answer",
-                                                             "later_encoder_prior": True}
+                                 "later_encoder_prior", "gn_damping", "gn_damping_decay")} == {
+        "projection": "jacobian", "delta_layer": 1, "n_probes": 2, "correction_steps": 1, "constraint_positions": "answer",
+        "later_encoder_prior": True, "gn_damping": 0.02, "gn_damping_decay": 0.5}
     at.run()  # the live fragment draws from the job's events
     assert job.running and _layer_chart(at)
     from ui import charts
