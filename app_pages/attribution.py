@@ -32,23 +32,36 @@ if not state.presenter() and (not record.has_attribution or record.attribution_s
         st.info(f"The attribution of `{record.name}` was stopped before it finished; resuming keeps the finished "
                 "examples (use the same k).")
     c1, c2 = st.columns([1, 3])
-    d_sae = validate.attribution_d_sae(info.config, record.config.get("delta_layer"))
+    layer = record.config.get("delta_layer")
+    d_sae = validate.attribution_d_sae(info.config, layer)
+    sae_spec, sae_ok = None, True
+    if layer is not None and not validate.delta_layer_clamped(info.config, layer):
+        # the paper splits δ through the SAE at δ's layer; when no clamp reads it, the user names one
+        st.info(f"δ sits at layer {layer}, where none of the run's clamped SAEs reads: attribution splits δ through an SAE "
+                "at that layer, so name one (a local sae_lens folder or a registry id).")
+        typed = st.text_input("SAE at δ's layer", key="attr_sae", placeholder=f"an SAE reading blocks.{layer}.hook_resid_post")
+        try:
+            d_sae, sae_spec = int(validate.delta_layer_sae(typed, layer).d_sae), typed.strip()
+        except LabError as exc:
+            st.error(str(exc))
+            sae_ok = False
     top_k = validate.Form().number(c1, "k (top changed features)", "attr_k", 10, check=validate.top_k_check(d_sae), says="k",
                                    help="How many of the most changed non-clamped features form the top-k part"
                                         + (f" (0 to d_sae = {d_sae})." if d_sae else " (0 or more)."))
     c2.write("")
     if c2.button("Resume attribution" if resume else "Run attribution", type="primary", key="start_attribution",
-                 disabled=ticking or top_k is None):
+                 disabled=ticking or top_k is None or not sae_ok):
         lm, sae = state.require_model()
         if not state.run_model_matches(info, lm):
             st.stop()
         run_dir, total = info.path, len(catalogue.read_records(name, "recovery.jsonl", record.name))
         exe = state.executor_or_stop()
 
-        def work(j: jobs.Job, run_dir=run_dir, k=int(top_k), total=total, rec_name=record.name, resume=resume, exe=exe):
+        def work(j: jobs.Job, run_dir=run_dir, k=int(top_k), total=total, rec_name=record.name, resume=resume, exe=exe,
+                 sae_spec=sae_spec):
             j.set_progress(0, total * len(COMPONENTS), "loading")  # the engine reports each component replayed from here on
             return run_attribution(run_dir, k, lm=lm, cancel=j.cancel, on_record=j.log, recovery=rec_name, resume=resume,
-                                   exe=exe, on_progress=j.report)
+                                   exe=exe, on_progress=j.report, sae_spec=sae_spec)
 
         job = jobs.start_job("attribution", work, meta={"run": name, "recovery": record.name})
         state.remember_job("attribution_job", job)

@@ -221,6 +221,15 @@ def top_k_check(d_sae: int | None) -> Callable[[int], int]:
     return check
 
 
+def delta_layer_clamped(config: dict, delta_layer: int) -> bool:
+    """Whether a clamp of the run reads δ's layer (attribution then goes through that SAE)."""
+    hook = f"blocks.{int(delta_layer)}.hook_resid_post"
+    rows = config.get("clamps") or []
+    if any("hook" not in row for row in rows):  # a row that does not say its hook: leave the check to the engine
+        return True
+    return any(row["hook"] == hook for row in rows)
+
+
 def attribution_d_sae(config: dict, delta_layer: int | None) -> int | None:
     """The width of the run's clamped SAE at δ's layer (what attribution splits δ through), or None when it is not
     at hand (no clamp there, or the SAE does not load): the job then checks k itself."""
@@ -238,6 +247,21 @@ def attribution_d_sae(config: dict, delta_layer: int | None) -> int | None:
             except (LabError, KeyError, TypeError, ValueError):
                 return None
     return None
+
+
+def delta_layer_sae(text: str, delta_layer: int):
+    """The SAE typed for attribution when δ's layer has no clamped SAE: loaded for the chosen model and reading δ's
+    hook, else a LabError in the page's words."""
+    from ui import state
+
+    hook = f"blocks.{int(delta_layer)}.hook_resid_post"
+    spec = (text or "").strip()
+    if not spec:
+        raise LabError(f"Type an SAE that reads {hook} (δ's layer) to split δ through it")
+    sae = state.load_sae_spec(spec)
+    if sae.hook_name != hook:
+        raise LabError(f"The SAE {spec} reads {sae.hook_name}, but δ sits at {hook}: choose an SAE at δ's layer")
+    return sae
 
 
 def feature_check(sae) -> Callable[[int], int]:

@@ -192,3 +192,30 @@ def test_jacobian_recovery_draws_one_drift_line_per_layer_and_per_layer_results(
     per_prompt = next(d.value for d in at.dataframe if "id" in d.value.columns)
     assert {"drift layer 1 (answer)", "drift layer 2 (answer)"} <= set(per_prompt.columns)
     assert _layer_chart(at)  # the saved run draws its per-layer chart from drift_per_layer_history
+
+
+def test_attribution_asks_for_an_sae_when_no_clamp_reads_the_delta_layer(lab_env):
+    """δ below every clamp (layer 0): the page says attribution needs an SAE at δ's layer, refuses one at another layer
+    in its own words (no command-line flag), and runs through the one given."""
+    from tests.app.apphelpers import wait_job
+
+    run = make_flips_run(lab_env, "two-layer", n=2, clamps=TWO_LAYER_CLAMPS)
+    add_recovery(run, steps=2, projection="jacobian", delta_layer=0, n_probes=2, correction_steps=1)
+    at = new_app()
+    at.session_state["run"] = "two-layer"
+    goto(at, "attribution")
+    assert any("δ sits at layer 0" in i.value for i in at.info)
+    assert at.button(key="start_attribution").disabled
+    for typed, says in (("", "Type an SAE that reads blocks.0.hook_resid_post"),
+                        (L2, "reads blocks.2.hook_resid_post, but δ sits at blocks.0.hook_resid_post")):
+        at.text_input(key="attr_sae").input(typed).run()
+        errors = [e.value for e in at.error]
+        assert any(says in e for e in errors) and not any("--" in e for e in errors), errors
+        assert at.button(key="start_attribution").disabled
+    at.text_input(key="attr_sae").input("tiny:blocks.0.hook_resid_post").run()
+    assert not at.error and not at.button(key="start_attribution").disabled
+    at.text_input(key="attr_k").input("2")
+    at.button(key="start_attribution").click().run()
+    job = wait_job("attribution", timeout=300)
+    assert job.status == "done", job.error
+    assert catalogue.get_run("two-layer").record().attribution_summary["sae"] == "tiny:blocks.0.hook_resid_post"
