@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import clamp_set, clamp_views, state
+from ui import clamp_set, clamp_views, direction_views, state
 from ui import feature_views as fv
 
 st.title("Features and the clamp set")
@@ -17,7 +17,7 @@ sae = clamp_views.search_sae(lm, sidebar_sae)
 st.caption(f"SAE `{sae.source}` at `{sae.hook_name}` (layer {sae.layer}) · {sae.d_sae} features.")
 
 if not state.presenter():
-    tabs = st.tabs(["By contrast", "By prompt", "By index", "Neuronpedia search"])
+    tabs = st.tabs(["By contrast", "By prompt", "By index", "Neuronpedia search", "By refusal direction"])
     with tabs[0]:
         fv.contrast_tab(lm, sae)
     with tabs[1]:
@@ -26,6 +26,8 @@ if not state.presenter():
         fv.index_tab(lm, sae)
     with tabs[3]:
         fv.neuronpedia_tab(lm, sae)
+    with tabs[4]:
+        direction_views.direction_tab(lm, sidebar_sae, sae)
 
 st.divider()
 st.subheader("Feature card")

@@ -219,3 +219,34 @@ def test_attribution_asks_for_an_sae_when_no_clamp_reads_the_delta_layer(lab_env
     job = wait_job("attribution", timeout=300)
     assert job.status == "done", job.error
     assert catalogue.get_run("two-layer").record().attribution_summary["sae"] == "tiny:blocks.0.hook_resid_post"
+
+
+def test_direction_search_makes_a_multi_layer_clamp_set_in_one_click(lab_env):
+    """Features page, "By refusal direction": bad numbers are refused in the page's words before a job; the search
+    ranks both picked SAEs against one direction, and one click makes the chosen features the clamp set."""
+    from tests.app.apphelpers import wait_job
+
+    at = new_app()
+    goto(at, "features")
+    for key, bad, says in (("dir_layer", "99", "Direction layer must be from 0 to"), ("dir_k", "0", "Top K must be at least 1"),
+                           ("dir_prompts", "1", "Prompts must be from 2 to")):
+        at.text_input(key=key).input(bad).run()
+        errors = [e.value for e in at.error]
+        assert any(says in e for e in errors) and not any("--" in e for e in errors), errors
+        assert at.button(key="dir_go").disabled
+    at.text_input(key="dir_layer").input("1")
+    at.text_input(key="dir_k").input("2")
+    at.text_input(key="dir_prompts").input("4")
+    at.multiselect(key="dir_saes").set_value([L1, L2]).run()
+    assert not problems(at)
+    at.button(key="dir_go").click().run()
+    job = wait_job("direction", timeout=300)
+    assert job.status == "done", job.error
+    at.run()
+    chosen = next(d.value for d in at.dataframe if "cosine" in d.value.columns)
+    assert sorted(set(chosen["layer"])) == [1, 2] and len(chosen) == 4  # K = 2 from each SAE
+    at.button(key="dir_use").click().run()
+    rows = clamp_rows(at)
+    assert [r["sae"] for r in rows] == [L1, L2] and all(len(r["features"]) == 2 and r["mode"] == "set" for r in rows)
+    assert at.session_state["clamp"]["origin"] == "direction search"
+    assert [list(chosen[chosen["layer"] == k]["feature"]) for k in (1, 2)] == [r["features"] for r in rows]

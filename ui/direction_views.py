@@ -1,0 +1,155 @@
+"""Features page, "By refusal direction" tab: the paper's feature selection in one click.
+
+A difference-of-means refusal direction at one layer, every chosen SAE's features ranked by decoder cosine with it
+(optionally re-ranked by attribution to the refusal log-prob), and the top K turned into a multi-layer clamp set —
+the same engine calls as ``python -m engine features direction`` (``engine.features.direction`` /
+``engine.features.selection``), run as a background job.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import pandas as pd
+import streamlit as st
+
+from engine.errors import LabError
+from ui import clamp_set, state, validate
+
+RESULT = "direction_result"
+
+
+def _choices(cls, name: str) -> list[str]:
+    return list(typing.get_args(typing.get_type_hints(cls)[name]))
+
+
+def direction_tab(lm, sidebar_sae, sae) -> None:
+    from engine.features.direction import DirectionConfig
+    from engine.features.selection import DEFAULT_VALUES, SelectionConfig
+    from engine.method.prompts import load_prompts
+
+    st.markdown(
+        "The paper's selection: a **refusal direction** (difference of means at one layer) and, for each SAE, the "
+        "features whose decoder rows point along it. The top K become a clamp set over every SAE picked — one click to a "
+        "multi-layer set."
+    )
+    n_builtin = len(load_prompts("builtin:harmless"))
+    form = validate.Form()
+    c1, c2, c3, c4 = st.columns(4)
+    layer = form.number(c1, "Direction layer", "dir_layer", sae.layer, says="Direction layer",
+                        check=validate.between(0, lm.n_layers - 1, "Direction layer", f"the model has {lm.n_layers} layers"))
+    source = c2.selectbox("Direction from", _choices(DirectionConfig, "source"), key="dir_source",
+                          format_func={"answers": "refusal vs own answers (tokens)",
+                                       "prompts": "harmful vs harmless prompts (last token)"}.get)
+    rerank = c3.selectbox("Re-rank", _choices(DirectionConfig, "rerank"), key="dir_rerank",
+                          format_func={"none": "decoder cosine only", "grad-x-act": "by attribution (grad × act)"}.get)
+    n_prompts = form.number(c4, "Prompts (built-in)", "dir_prompts", 12, says="Prompts",
+                            check=validate.between(2, n_builtin, "Prompts", f"the built-in harmless set has {n_builtin}"))
+    c1, c2, c3, c4 = st.columns(4)
+    top_k = form.number(c1, "Top K", "dir_k", 10, says="Top K", check=validate.at_least_one("Top K"))
+    per = c2.selectbox("K per", _choices(SelectionConfig, "per"), key="dir_per",
+                       format_func={"sae": "SAE (K from each)", "overall": "all SAEs together (the paper: 20 pairs)"}.get)
+    mode = c3.selectbox("Clamp mode", _choices(SelectionConfig, "mode"), key="dir_mode",
+                        format_func={"set": "set: α × refusal mean", "multiply": "multiply: × m (the paper: 3)"}.get)
+    value = form.number(c4, "α (set) or m (multiply)", f"dir_value:{mode}", DEFAULT_VALUES[mode], kind=float, says="Value",
+                        check=validate.clamp_value_check)
+    options = clamp_set.sae_options(lm, sidebar_sae)
+    default = [o for o in options if o.startswith("default:")] or [clamp_set.row_spec(sae)]
+    picked = st.multiselect("SAEs to rank", options, default=default, key="dir_saes", format_func=clamp_set.sae_label,
+                            help="Each picked SAE's features are ranked against the one direction; the clamp set has a row per SAE.")
+    if not picked:
+        st.error("Pick at least one SAE to rank")
+    job = state.attach_job("direction_job", "direction")
+    busy = job is not None and job.running
+    if st.button("Find features by direction", type="primary", key="dir_go", disabled=busy or not form.ok or not picked):
+        try:
+            cfg = DirectionConfig(layer=int(layer), source=source, rerank=rerank)
+            select = SelectionConfig(top_k=int(top_k), per=per, mode=mode, value=float(value))
+            saes = {spec: state.load_sae_spec(spec) for spec in picked}
+        except LabError as exc:
+            st.error(validate.page_message(exc, "Direction search"))
+        else:
+            from engine.services import jobs
+
+            job = jobs.start_job("direction", _work(lm, saes, cfg, select, int(n_prompts)), meta={"layer": int(layer)})
+            state.remember_job("direction_job", job)
+            st.rerun()
+    _result_fragment(job)
+    _show_result(lm, sidebar_sae)
+
+
+def _work(lm, saes: dict, cfg, select, n_prompts: int):
+    """The job: own answers and forced refusals, the ranking, the selection; returns plain data for the page."""
+
+    def work(j):
+        from engine.features.direction import rank_features
+        from engine.features.search import contrast_pairs
+        from engine.features.selection import select_clamp
+        from engine.method.prompts import load_prompts
+
+        harmless = load_prompts("builtin:harmless", n_prompts)
+        harmful = load_prompts("builtin:harmful", n_prompts) if cfg.source == "prompts" else []
+        j.set_progress(0, 2, "the model answers the prompts")
+        refusal_pairs, answer_pairs = contrast_pairs(lm, harmless)
+        if not answer_pairs:
+            raise LabError("the model refused (or left empty) every prompt, so there are no own answers to contrast with")
+        j.set_progress(1, 2, "ranking features")
+        result = rank_features(lm, list(saes.values()), refusal_pairs, answer_pairs, cfg, harmful=harmful, harmless=harmless)
+        selection = select_clamp(result, select)
+        spec_of = {id(sae): spec for spec, sae in saes.items()}
+        j.set_progress(2, 2, "")
+        return {
+            "rows": [{"sae": spec_of[id(s.sae)], "features": s.features, "mode": s.mode, "values": s.values} for s in selection.specs],
+            "chosen": [{"layer": int(hook.split(".")[1]), "feature": r.feature, "cosine": r.cosine, "attribution": r.attribution,
+                        "refusal mean": r.refusal_mean, "answer mean": r.answer_mean, "prompt mean": r.prompt_mean}
+                       for hook, r in selection.chosen],
+            "warnings": [*result.warnings, *selection.warnings],
+            "what": f"direction at layer {cfg.layer} ({cfg.source}), top {select.top_k} per {select.per}, {select.mode}",
+        }
+
+    return work
+
+
+def _result_fragment(job) -> None:
+    if job is None:
+        return
+    from ui import render
+
+    ticking = job.running
+
+    @st.fragment(run_every=1.0 if ticking else None)
+    def show() -> None:
+        if job.running:
+            render.job_status(job)
+        elif ticking:
+            st.rerun()
+
+    show()
+    if job.status == "done" and st.session_state.get(f"{RESULT}_job") != job.id:
+        st.session_state[RESULT], st.session_state[f"{RESULT}_job"] = job.result, job.id
+    elif job.status in ("failed", "cancelled"):
+        render.job_status(job)
+
+
+def _show_result(lm, sidebar_sae) -> None:
+    result = st.session_state.get(RESULT)
+    if not result:
+        return
+    st.caption(f"Chosen features: {result['what']}.")
+    for w in result["warnings"]:
+        st.warning(w)
+    st.dataframe(pd.DataFrame(result["chosen"]), hide_index=True)
+    c1, c2, _ = st.columns([1, 1, 3])
+    replace, add = c1.button("Use as the clamp set", key="dir_use"), c2.button("Add to the clamp set", key="dir_add")
+    if replace or add:
+        rows = result["rows"]
+        cur = clamp_set.clamp_state(lm, sidebar_sae)
+        if add:
+            rows = clamp_set.engine_rows(cur["rows"]) + rows
+        try:
+            clamp_set.specs(lm, rows)  # the engine's checks (no feature twice at one hook, values, widths)
+        except LabError as exc:
+            st.error(f"Not applied: {exc}")
+            return
+        clamp_set.set_rows(lm, rows, f"{cur['origin']} + direction search" if add and cur["rows"] else "direction search")
+        st.rerun()
