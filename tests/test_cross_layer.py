@@ -252,6 +252,12 @@ def test_ksweep_reclamps_and_reflips_per_k(tmp_path, capsys):
     bad = list(args)
     bad[bad.index("3,1")] = "9"
     assert main(bad) == 2 and "exceeds the" in capsys.readouterr().err
+    # the direction's prompt sources are read before the model loads: a missing file fails at once, nothing written
+    for flag in ("--harmless", "--harmful"):
+        missing = [*args, "--source", "prompts", flag, str(tmp_path / "nope.json")]
+        missing[missing.index(str(out))] = str(tmp_path / "ks2")
+        assert main(missing) == 2 and "nope.json" in capsys.readouterr().err
+        assert not (tmp_path / "ks2").exists()
 
 
 def test_gauss_newton_restoration_holds_the_later_layer_far_tighter_than_adam_corrections(tiny_lm, two_layer_specs, flips):

@@ -19,7 +19,10 @@ def add_command(sub) -> None:
     k.add_argument("--model", default="default", help="default | tiny | a local Hugging Face checkpoint folder | a TransformerLens official name (from the HF cache first)")
     k.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="number format: auto (float32 on CPU, bfloat16 on CUDA above 1B parameters) | float32 | bfloat16 | float16")
     k.add_argument("--sae", action="append", default=None, help="SAE to rank (repeatable; default: every shipped default SAE)")
-    k.add_argument("--direction-prompts", type=positive_int, default=24, help="harmless prompts used to find the direction")
+    k.add_argument("--direction-prompts", type=positive_int, default=24, help="prompts used from each direction source (default: 24)")
+    k.add_argument("--harmless", default="builtin:harmless",
+                   help="direction: prompts of the (prompt, answer) pairs, and the harmless side of --source prompts (default: builtin:harmless)")
+    k.add_argument("--harmful", default="builtin:harmful", help="direction: the harmful side of --source prompts (default: builtin:harmful)")
     k.add_argument("--device", default="auto")
     add_dataclass_options(k, DirectionConfig, skip=("batch_size",))
     add_dataclass_options(k, SelectionConfig, skip=("top_k", "per"))
@@ -45,13 +48,17 @@ def cmd_ksweep(args) -> dict:
     select = dataclass_from_args(SelectionConfig, args, top_k=max(ks), per="overall")
     recovery = dataclass_from_args(RecoveryConfig, args)
     prompts = load_prompts(args.prompts, args.limit)
+    # the direction's texts are read before the model loads, so a bad source fails at once
+    harmless = load_prompts(args.harmless, args.direction_prompts)
+    harmful = load_prompts(args.harmful, args.direction_prompts) if direction.source == "prompts" else []
     prepare_run_dir(args.out)
     specs = args.sae or default_saes(args.model)
     lm = load_model(args.model, args.device, args.dtype)
     check_layer(lm, direction.layer)
     saes = [load_sae(s, lm) for s in dict.fromkeys(specs)]
-    refusal_pairs, answer_pairs = contrast_pairs(lm, load_prompts("builtin:harmless", args.direction_prompts))
-    ranking = rank_features(lm, saes, refusal_pairs, answer_pairs, direction)
+    refusal_pairs, answer_pairs = contrast_pairs(lm, harmless)
+    ranking = rank_features(lm, saes, refusal_pairs, answer_pairs, direction, harmful=harmful, harmless=harmless)
     gen = GenerationConfig(max_new_tokens=recovery.max_new_tokens)
-    settings = {"model": args.model, "prompts": args.prompts, "limit": args.limit}
+    settings = {"model": args.model, "prompts": args.prompts, "limit": args.limit, "direction_harmless": args.harmless,
+                "direction_harmful": args.harmful if direction.source == "prompts" else None}
     return run_ksweep(lm, ranking, ks, prompts, args.out, select, recovery, gen, settings=settings)
