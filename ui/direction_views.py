@@ -138,7 +138,10 @@ def _show_result(lm, sidebar_sae) -> None:
     st.caption(f"Chosen features: {result['what']}.")
     for w in result["warnings"]:
         st.warning(w)
-    st.dataframe(pd.DataFrame(result["chosen"]), hide_index=True)
+    table = pd.DataFrame(result["chosen"])
+    if "attribution" in table and table["attribution"].isna().all():  # no re-ranking: the column would be all None
+        table = table.drop(columns="attribution")
+    st.dataframe(table, hide_index=True)
     c1, c2, _ = st.columns([1, 1, 3])
     replace, add = c1.button("Use as the clamp set", key="dir_use"), c2.button("Add to the clamp set", key="dir_add")
     if replace or add:
