@@ -10,7 +10,8 @@
 Throughput: prompts·steps per second at batch B vs batch 1 (same prompts). Goals: ratio A ≤ 0.30; on a GPU,
 batch 8 throughput ≥ 4× batch 1.
 
-Cross-layer: δ at layer 15 with the shipped layer-15 and layer-20 clamps together, one ``optimize_delta`` step of
+Cross-layer: δ at layer 15 with the shipped multi-layer clamp (``preset:default-multi``, layers 15 and 20), one
+``optimize_delta`` step of
 ``--projection jacobian`` (probes, penalty, correction steps) ÷ one ``optimize_delta`` step of the single-layer
 encoder projection, same prompt, same run; for several probe settings and for the Gauss–Newton restoration (the
 default). Goal: ≤ 3× the encoder step.
@@ -118,7 +119,7 @@ def main() -> None:
     speedup = (args.batch / t_batch) / (1 / t_step)
     print(f"batch {args.batch} ÷ batch 1 throughput on {lm.device} ({dtype_name(lm.dtype)}): {speedup:.2f}× "
           f"({args.batch / t_batch:.2f} vs {1 / t_step:.2f} prompt-steps/s); goal on a GPU ≥ 4×", flush=True)
-    cross = cross_layer(lm, spec, flips[:1], layer, t_full_params, args.repeats)
+    cross = cross_layer(lm, flips[:1], layer, t_full_params, args.repeats)
     write("recovery_step", {
         "what": "seconds per optimisation step; ratios vs naive full-model steps on the same tokens",
         "device": str(lm.device), "clamp": clamp_desc, "delta_layer": layer, "tokens": n_tokens, "prompt_source": source,
@@ -144,21 +145,20 @@ CROSS_SETTINGS = (
 )
 
 
-def cross_layer(lm, spec15, flips, layer: int, t_full_params: float, repeats: int) -> dict:
+def cross_layer(lm, flips, layer: int, t_full_params: float, repeats: int) -> dict:
     """Seconds per ``optimize_delta`` step: single-layer encoder vs cross-layer jacobian (per setting), one prompt."""
     import dataclasses
 
-    from engine.lm.sae_sources import load_sae
-    from engine.method.presets import resolve_clamp
+    from engine.method.clamp_sets import load_clamp_set, read_clamp_file
     from engine.recovery.config import RecoveryConfig
     from engine.recovery.objective import DeltaObjective
     from engine.recovery.optimize import optimize_delta
     from engine.recovery.problem import build_problem
 
-    try:
-        spec20 = resolve_clamp(load_sae("default:blocks.20.hook_resid_post", lm), "auto")
-    except Exception as exc:  # noqa: BLE001 - no shipped layer-20 SAE: nothing to measure
-        return {"skipped": f"no layer-20 default SAE ({exc})"}
+    try:  # the shipped multi-layer preset, the clamp set every cross-layer run of docs/RECOVERY.md uses
+        multi = load_clamp_set(lm, read_clamp_file("preset:default-multi")[0])
+    except Exception as exc:  # noqa: BLE001 - no shipped multi-layer preset: nothing to measure
+        return {"skipped": f"no shipped preset:default-multi ({exc})"}
     steps = 4
 
     def per_step(specs, cfg) -> float:
@@ -169,15 +169,17 @@ def cross_layer(lm, spec15, flips, layer: int, t_full_params: float, repeats: in
             return timed(lambda: optimize_delta(obj, cfg, budget), max(1, repeats // 2)) / (steps + 1)
 
     base = RecoveryConfig(steps=steps)
-    t_enc = per_step([spec15], base)
+    same = [s for s in multi if s.hook_name == f"blocks.{layer}.hook_resid_post"]
+    t_enc = per_step(same, base)  # the single-layer encoder step on the preset's own layer-ℓ clamp
     rows = []
     for setting in CROSS_SETTINGS:
-        t = per_step([spec15, spec20], dataclasses.replace(base, projection="jacobian", **setting))
+        t = per_step(multi, dataclasses.replace(base, projection="jacobian", **setting))
         rows.append({**setting, "step_s": t, "ratio_vs_encoder": t / t_enc, "ratio_vs_param_grads": t / t_full_params,
                      "within_3x": t / t_enc <= 3.0})
         print(f"cross-layer {setting}: {t:.3f} s/step = {t / t_enc:.2f}× encoder, {t / t_full_params:.2f}× naive")
-    t_none = per_step([spec15, spec20], dataclasses.replace(base, projection="none", drift_penalty=0.0))
-    return {"clamps": [spec15.hook_name, spec20.hook_name], "steps_timed": steps, "encoder_step_s": t_enc,
+    t_none = per_step(multi, dataclasses.replace(base, projection="none", drift_penalty=0.0))
+    return {"clamps": "preset:default-multi", "features": {s.hook_name: len(s.features) for s in multi},
+            "steps_timed": steps, "encoder_step_s": t_enc,
             "none_cross_layer_step_s": t_none, "settings": rows}
 
 
