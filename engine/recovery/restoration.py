@@ -120,20 +120,24 @@ class GaussNewtonRestorer:
             (jv,) = torch.autograd.grad(s, u, retain_graph=True)
             return jv * mask
 
-        def normal(x: Tensor) -> Tensor:
-            return a(a_t(x))
-
         rr = _dot(r, r)
         live = rr > 0
-        mu = damping * _dot(r, normal(r)) / rr.clamp_min(1e-30)  # [batch]
+        # AAᵀr serves twice: the Rayleigh quotient of μ and CG's first product (p = r), so it is computed once
+        at_p = a_t(r)  # Aᵀp, kept: the step Aᵀx = Σ αᵢ Aᵀpᵢ is accumulated from them, with no VJP at the end
+        aat_p = a(at_p)
+        mu = damping * _dot(r, aat_p) / rr.clamp_min(1e-30)  # [batch]
         # CG on (AAᵀ + μI) x = r, one system per prompt, vectorised over the batch
-        x = torch.zeros_like(r)
+        step = [torch.zeros_like(t) for t in at_p]  # Aᵀx
         res, p = r.clone(), r.clone()
         rs = rr.clone()
-        for _ in range(cfg.cg_iters):
-            ap = normal(p) + mu[:, None, None] * p
+        for i in range(cfg.cg_iters):
+            if i > 0:
+                at_p = a_t(p)
+                aat_p = a(at_p)
+            ap = aat_p + mu[:, None, None] * p
             alpha = torch.where(live, rs / _dot(p, ap).clamp_min(1e-30), torch.zeros_like(rs))
-            x = x + alpha[:, None, None] * p
+            for acc, g in zip(step, at_p):
+                acc.add_(alpha.view(-1, *([1] * (g.dim() - 1))) * g)
             res = res - alpha[:, None, None] * ap
             rs_new = _dot(res, res)
             beta = torch.where(live, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs))
@@ -141,7 +145,6 @@ class GaussNewtonRestorer:
             rs = rs_new
             if logger.isEnabledFor(logging.DEBUG):  # .tolist() syncs the device: only when asked for
                 logger.debug("CG residual ratio %s", (rs / rr.clamp_min(1e-30)).sqrt().tolist())
-        step = a_t(x)
         self._line_search(step, rr)
         return rr.sqrt()
 
