@@ -39,7 +39,9 @@ if not state.presenter() and (not record.has_attribution or record.attribution_s
         # the paper splits δ through the SAE at δ's layer; when no clamp reads it, the user names one
         st.info(f"δ sits at layer {layer}, where none of the run's clamped SAEs reads: attribution splits δ through an SAE "
                 "at that layer, so name one (a local sae_lens folder or a registry id).")
-        typed = st.text_input("SAE at δ's layer", key="attr_sae", placeholder=f"an SAE reading blocks.{layer}.hook_resid_post")
+        earlier = (record.attribution_summary or {}).get("sae") or "" if resume else ""  # a resume must use the same SAE
+        typed = st.text_input("SAE at δ's layer", value=earlier, key=f"attr_sae:{record.name}",
+                              placeholder=f"an SAE reading blocks.{layer}.hook_resid_post")
         try:
             d_sae, sae_spec = int(validate.delta_layer_sae(typed, layer).d_sae), typed.strip()
         except LabError as exc:

@@ -425,28 +425,37 @@ def test_a_damping_decay_outside_zero_to_one_is_refused(value):
         RecoveryConfig(gn_damping_decay=value)
 
 
-def test_keep_best_keeps_a_delta_within_the_threshold_and_says_when_none_was(tiny_lm, two_layer_specs, flips):
-    """Keep-best: the kept δ's held drift is within the threshold whenever any eligible step was, and a prompt whose
-    every eligible step exceeded it is flagged (the boundary stage makes δ = 0 ineligible here)."""
-    free_cfg = dataclasses.replace(BASE, steps=6, boundary_steps=3)
-    obj, free = _solve(tiny_lm, two_layer_specs, flips, free_cfg)
+def test_keep_best_keeps_the_lowest_loss_step_within_the_threshold_and_says_when_none_was(tiny_lm, two_layer_specs, flips):
+    """Keep-best: among the eligible steps (the answer stage) whose held drift is within the threshold, the lowest-loss
+    one is kept, even when the unconstrained best step is over it; a prompt with no such step is flagged (the boundary
+    stage makes δ = 0 ineligible here)."""
+    cfg = dataclasses.replace(BASE, steps=8, boundary_steps=3)
+    problem = build_problem(tiny_lm, two_layer_specs, flips, cfg.answer_tokens, 1)
+    obj = DeltaObjective(tiny_lm, two_layer_specs, problem, "answer")  # held drift = layer 2's over the answer rows
 
-    def held(res):
-        with torch.no_grad():
-            return obj.constrained_drift(obj.evaluate(res.rows, res.gen).z)
+    def solve(threshold):
+        return optimize_delta(obj, dataclasses.replace(cfg, drift_threshold=threshold), torch.full((len(flips),), cfg.budget))
 
-    assert all(free.within_threshold)  # no threshold: every prompt is within
-    d_free = held(free)
-    assert float(d_free.min()) > 0
-    # at the unconstrained kept δ's own held drift, that step qualifies: every prompt is within, and kept no higher
-    thr = float(d_free.max())
-    _, res = _solve(tiny_lm, two_layer_specs, flips, dataclasses.replace(free_cfg, drift_threshold=thr))
-    assert all(res.within_threshold)
-    assert float(held(res).max()) <= thr + 1e-6 and min(res.best_step) >= 3
+    free = solve(math.inf)
+    assert all(free.within_threshold)
+    b = 0
+    held = free.drift_per_layer_history[b][L2]  # per step, the same trajectory whatever the threshold (keep-best only reads)
+    loss = free.loss_history[b]
+    eligible = range(3, cfg.steps + 1)
+    assert free.best_step[b] == min(eligible, key=lambda t: loss[t])
+    # a threshold just under the free best step's drift, so that step is excluded and a lower-drift one qualifies
+    others = sorted(held[t] for t in eligible if held[t] < held[free.best_step[b]])
+    assert others, "every eligible step drifts at least as much as the unconstrained best: pick another prompt or steps"
+    thr = (held[free.best_step[b]] + others[-1]) / 2
+    res = solve(thr)
+    qualifying = [t for t in eligible if held[t] <= thr]
+    assert res.within_threshold[b] and res.best_step[b] == min(qualifying, key=lambda t: loss[t]) != free.best_step[b]
+    with torch.no_grad():
+        kept = obj.constrained_drift(obj.evaluate(res.rows, res.gen).z)
+    assert float(kept[b]) <= thr + 1e-5
     # below every eligible step's drift: nothing qualifies, the lowest-loss eligible step is kept and flagged
-    _, over = _solve(tiny_lm, two_layer_specs, flips, dataclasses.replace(free_cfg, drift_threshold=1e-12))
-    assert not any(over.within_threshold) and min(over.best_step) >= 3
-    assert over.best_step == free.best_step  # the same lowest-loss step as with no threshold
+    over = solve(min(held[t] for t in eligible) / 10)
+    assert not over.within_threshold[b] and over.best_step[b] == free.best_step[b]
 
 
 def test_records_and_summary_report_a_delta_kept_over_the_threshold():

@@ -99,6 +99,7 @@ def test_a_resume_may_change_settings_the_projection_never_reads(run, capsys):
     assert main([*full, "--budget", "9", "--correction-steps", "6"]) == 2
     assert "budget: 10.0 there, 9.0 now" in capsys.readouterr().err
     assert json.loads((records / "base" / "recovery_config.json").read_text())["correction_steps"] == 3  # unchanged
+    assert json.loads((records / "base" / "recovery_summary.json").read_text())["config"]["correction_steps"] == 3  # and here
     jac = ["recover", "--run", str(run), "--projection", "jacobian", "--budget", "10", "--limit", "1", *RECOVER]
     assert main([*jac, "--name", "jac", "--correction", "adam", "--gn-damping", "0.1"]) == 0
     assert main([*jac, "--name", "jac", "--resume", "--correction", "adam", "--gn-damping", "0.5"]) == 0  # adam: unread

@@ -59,7 +59,7 @@ def direction_tab(lm, sidebar_sae, sae) -> None:
                             help="Each picked SAE's features are ranked against the one direction; the clamp set has a row per SAE.")
     if not picked:
         st.error("Pick at least one SAE to rank")
-    job = state.attach_job("direction_job", "direction")
+    job = state.attach_job("direction_job", "direction", model=lm.name)
     busy = job is not None and job.running
     if st.button("Find features by direction", type="primary", key="dir_go", disabled=busy or not form.ok or not picked):
         try:
@@ -71,8 +71,9 @@ def direction_tab(lm, sidebar_sae, sae) -> None:
         else:
             from engine.services import jobs
 
-            job = jobs.start_job("direction", _work(lm, saes, cfg, select, int(n_prompts)), meta={"layer": int(layer)})
+            job = jobs.start_job("direction", _work(lm, saes, cfg, select, int(n_prompts)), meta={"model": lm.name, "layer": int(layer)})
             state.remember_job("direction_job", job)
+            st.session_state.pop(RESULT, None)  # the table shown is always this search's
             st.rerun()
     _result_fragment(job)
     _show_result(lm, sidebar_sae)
@@ -82,29 +83,24 @@ def _work(lm, saes: dict, cfg, select, n_prompts: int):
     """The job: own answers and forced refusals, the ranking, the selection; returns plain data for the page."""
 
     def work(j):
-        from engine.features.direction import rank_features
-        from engine.features.search import contrast_pairs
-        from engine.features.selection import select_clamp
+        from engine.features.selection import search_direction_clamp
         from engine.method.prompts import load_prompts
 
         harmless = load_prompts("builtin:harmless", n_prompts)
         harmful = load_prompts("builtin:harmful", n_prompts) if cfg.source == "prompts" else []
-        j.set_progress(0, 2, "the model answers the prompts")
-        refusal_pairs, answer_pairs = contrast_pairs(lm, harmless)
-        if not answer_pairs:
-            raise LabError("the model refused (or left empty) every prompt, so there are no own answers to contrast with")
-        j.set_progress(1, 2, "ranking features")
-        result = rank_features(lm, list(saes.values()), refusal_pairs, answer_pairs, cfg, harmful=harmful, harmless=harmless)
-        selection = select_clamp(result, select)
+        j.set_progress(0, 1, "the model answers the prompts, then the features are ranked")
+        found = search_direction_clamp(lm, list(saes.values()), harmless, harmful, cfg, select)
         spec_of = {id(sae): spec for spec, sae in saes.items()}
-        j.set_progress(2, 2, "")
+        j.set_progress(1, 1, "")
         return {
-            "rows": [{"sae": spec_of[id(s.sae)], "features": s.features, "mode": s.mode, "values": s.values} for s in selection.specs],
+            "rows": [{"sae": spec_of[id(s.sae)], "features": s.features, "mode": s.mode, "values": s.values}
+                     for s in found.selection.specs],
             "chosen": [{"layer": int(hook.split(".")[1]), "feature": r.feature, "cosine": r.cosine, "attribution": r.attribution,
                         "refusal mean": r.refusal_mean, "answer mean": r.answer_mean, "prompt mean": r.prompt_mean}
-                       for hook, r in selection.chosen],
-            "warnings": [*result.warnings, *selection.warnings],
+                       for hook, r in found.selection.chosen],
+            "warnings": found.warnings,
             "what": f"direction at layer {cfg.layer} ({cfg.source}), top {select.top_k} per {select.per}, {select.mode}",
+            "model": lm.name,
         }
 
     return work
@@ -133,11 +129,11 @@ def _result_fragment(job) -> None:
 
 def _show_result(lm, sidebar_sae) -> None:
     result = st.session_state.get(RESULT)
-    if not result:
+    if not result or result.get("model") not in (None, lm.name):  # another model's features mean nothing here
         return
     st.caption(f"Chosen features: {result['what']}.")
     for w in result["warnings"]:
-        st.warning(w)
+        st.warning(validate.without_flags(w))
     table = pd.DataFrame(result["chosen"])
     if "attribution" in table and table["attribution"].isna().all():  # no re-ranking: the column would be all None
         table = table.drop(columns="attribution")

@@ -34,6 +34,11 @@ def page_message(exc: Exception | str, label: str, field: str | None = None) -> 
     return msg if msg.startswith(label) else msg[:1].upper() + msg[1:]  # a label may start in lower case ("k")
 
 
+def without_flags(msg: str) -> str:
+    """An engine message for a page, as it is but for its parenthesised command-line flags (``(--mode set)``)."""
+    return re.sub(r"\s*\(--[a-z][a-z0-9-]*[^)]*\)", "", msg)
+
+
 def _shown(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "…")
 

@@ -55,9 +55,8 @@ def default_saes(model: str) -> list[str]:
 def cmd_direction(args) -> dict:
     from pathlib import Path
 
-    from engine.features.direction import DirectionConfig, check_layer, rank_features
-    from engine.features.search import contrast_pairs
-    from engine.features.selection import SelectionConfig, select_clamp, write_direction_clamp
+    from engine.features.direction import DirectionConfig, check_layer
+    from engine.features.selection import SelectionConfig, search_direction_clamp, write_direction_clamp
     from engine.lm.loading import load_model
     from engine.lm.sae_sources import load_sae
     from engine.method.prompts import load_prompts
@@ -73,14 +72,10 @@ def cmd_direction(args) -> dict:
     lm = load_model(args.model, args.device, args.dtype)
     check_layer(lm, cfg.layer)
     saes = [load_sae(spec, lm) for spec in dict.fromkeys(specs)]
-    refusal_pairs, answer_pairs = contrast_pairs(lm, harmless, max_new_tokens=args.max_new_tokens)
-    if not answer_pairs:
-        raise LabError("the model refused (or left empty) every prompt, so there are no own answers to contrast with")
-    result = rank_features(lm, saes, refusal_pairs, answer_pairs, cfg, harmful=harmful, harmless=harmless)
-    selection = select_clamp(result, select)
-    out = {**result.to_json(top=select.top_k), "selection": selection.to_json(),
-           "warnings": [*result.warnings, *selection.warnings],
-           "texts": {"refusal_pairs": len(refusal_pairs), "answer_pairs": len(answer_pairs), "harmless": args.harmless,
+    found = search_direction_clamp(lm, saes, harmless, harmful, cfg, select, max_new_tokens=args.max_new_tokens)
+    result, selection = found.result, found.selection
+    out = {**result.to_json(top=select.top_k), "selection": selection.to_json(), "warnings": found.warnings,
+           "texts": {"refusal_pairs": found.refusal_pairs, "answer_pairs": found.answer_pairs, "harmless": args.harmless,
                      "harmful": args.harmful if cfg.source == "prompts" else None}}
     if args.out is not None:
         extra = {"model": lm.name, "texts": out["texts"], "command": "python -m engine features direction"}

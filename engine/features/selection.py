@@ -112,7 +112,7 @@ def select_clamp(result: DirectionResult, cfg: SelectionConfig | None = None) ->
                 warnings.append(
                     f"{rk.hook}: {len(off)} of {len(rows)} chosen features are not active on the model's own answers or on "
                     f"the prompts (mean activation < {cfg.inactive_ratio:g} × their refusal-token mean), so multiply ×{value:g} "
-                    f"leaves them unchanged where it acts; use --mode set. E.g. {detail}")
+                    f"leaves them unchanged where it acts; use the set mode (--mode set). E.g. {detail}")
         specs.append(ClampSpec(rk.sae, [row.feature for row in rows], cfg.mode, values))
     if len(specs) < len(result.rankings):
         unused = [rk.hook for rk in result.rankings if not any(s.sae is rk.sae for s in specs)]
@@ -135,3 +135,34 @@ def write_direction_clamp(path, result: DirectionResult, selection: ClampSelecti
     meta = {"note": note, "direction": result.direction.to_json(), "selection": selection.to_json(),
             "ranking": result.to_json(top=selection.config.top_k)["saes"], "warnings": selection.warnings, **(extra or {})}
     return write_clamp_file(path, selection.specs, meta)
+
+
+@dataclass
+class DirectionSearch:
+    """One direction search end to end: the ranking, the chosen clamp set and how many chats it was found on."""
+
+    result: DirectionResult
+    selection: ClampSelection
+    refusal_pairs: int
+    """(prompt, forced refusal) chats."""
+    answer_pairs: int
+    """(prompt, own answer) chats."""
+
+    @property
+    def warnings(self) -> list[str]:
+        return [*self.result.warnings, *self.selection.warnings]
+
+
+def search_direction_clamp(lm, saes, harmless: list[str], harmful: list[str], cfg=None, select: SelectionConfig | None = None,
+                           max_new_tokens: int = 48) -> DirectionSearch:
+    """The model answers ``harmless`` itself and refusals are forced (``contrast_pairs``); the direction ranks every SAE
+    of ``saes`` (``rank_features``, with ``harmful`` for ``source="prompts"``) and the top K become a clamp set
+    (``select_clamp``). What ``features direction`` and the dashboard's direction tab both run."""
+    from engine.features.direction import rank_features
+    from engine.features.search import contrast_pairs
+
+    refusal_pairs, answer_pairs = contrast_pairs(lm, harmless, max_new_tokens=max_new_tokens)
+    if not answer_pairs:
+        raise LabError("the model refused (or left empty) every prompt, so there are no own answers to contrast with")
+    result = rank_features(lm, list(saes), refusal_pairs, answer_pairs, cfg, harmful=harmful, harmless=harmless)
+    return DirectionSearch(result, select_clamp(result, select), len(refusal_pairs), len(answer_pairs))

@@ -186,6 +186,8 @@ class RecoveryConfig:
 
 
 ADDED_FIELDS: dict[str, object] = {"gn_damping_decay": 1.0}
+"""Fields added after recovery records were written, each with the value that reproduces a record saved without it
+(a resume compares such a record's settings with these filled in)."""
 
 GAUSS_NEWTON_ONLY = frozenset({"cg_iters", "restore_below", "gn_damping", "gn_damping_decay"})
 """Read only by the Gauss–Newton restoration (``correction="gauss-newton"``)."""
@@ -194,8 +196,6 @@ ADAM_ONLY = frozenset({"correction_lr", "probe_every"})
 JACOBIAN_ONLY = GAUSS_NEWTON_ONLY | ADAM_ONLY | frozenset({
     "correction", "correction_steps", "later_encoder_prior", "jacobian_basis", "n_probes", "max_probes", "probe_tol"})
 """Read only by the ``jacobian`` projection."""
-"""Fields added after recovery records were written, each with the value that reproduces a record saved without it
-(a resume compares such a record's settings with these filled in)."""
 
 SEED_MAX = 2**32 - 1
 """The largest seed (what numpy and torch both accept, with room for the per-batch offsets added to it)."""
@@ -318,8 +318,8 @@ class PromptResult:
     """Hook → drift over the answer positions at every optimisation step (the saved per-layer chart)."""
     within_threshold: bool | None = None
     """True: the kept δ's step held its drift within the drift threshold; False: no step did, so the lowest-loss δ
-    over it was kept (``best_step`` names it); None: not a δ optimisation (soft suffix) or a record written before
-    this was saved."""
+    over it was kept (``best_step`` names it; a soft suffix keeps its last step, ``best_step`` -1); None: a record
+    written before this was saved."""
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -30,8 +30,8 @@ from engine.scale.config import LOCAL, ExecutorConfig
 from engine.scale.streams import Progress, counted, sharded
 from engine.services.progress import PhaseFn, ProgressFn, StepCounter
 from engine.store.context import RunContext, open_run
-from engine.store.files import JsonlWriter, existing_run, resume_records, write_json
-from engine.store.records import check_name, start_or_resume
+from engine.store.files import JsonlWriter, existing_run, read_json_or_none, resume_records, write_json
+from engine.store.records import CONFIG_FILE, check_name, start_or_resume
 from engine.store.valid_set import valid_flips
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,11 @@ def recover_into(
             if exe.is_ray:
                 counter.phase("optimising on the workers", f"{len(records)}/{len(flips)} prompts recovered", [rec["id"]])
             logger.info("recovered flip %d: non_refusal=%s drift=%.4f", rec["id"], rec["non_refusal"], rec["drift"])
-    summary = metrics.summarize(records, {**cfg.to_json(), "delta_layer": layer})
+    # a resume may differ in settings the method does not read (RecoveryConfig.unused_fields): the summary keeps the
+    # record's own values of those, as recovery_config.json does
+    saved = read_json_or_none(out / CONFIG_FILE) or {}
+    kept = {k: saved[k] for k in cfg.unused_fields() if k in saved}
+    summary = metrics.summarize(records, {**cfg.to_json(), "delta_layer": layer, **kept})
     summary.update(n_total=len(flips), cancelled=len(records) < len(flips), valid=settings["valid"])
     write_json(out / "recovery_summary.json", summary)
     return summary

@@ -65,7 +65,6 @@ def run_ksweep(
         if flips["n_valid"]:
             summary = run_recovery(run, recovery, lm=lm, on_event=on_event, cancel=cancel)
             point.update({key: summary[key] for key in POINT_KEYS if key != "n_valid"})
-            point["drift_per_layer"] = summary["drift_per_layer"]
             point["recovery"] = summary["name"]
         else:
             logger.info("K = %d: no valid flips, nothing to recover", k)

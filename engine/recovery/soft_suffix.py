@@ -137,5 +137,5 @@ def recover_with_suffix(
             floor_violation=float(metrics.floor_violation(z_rec, z_def[None])[0]),
             delta_rel_norm=float(best.norm() / w_e[torch.tensor(ids, device=w_e.device)].norm()), delta_norm=float(best.norm()),
             budget_abs=max_norm, best_step=best_step, base_logprob_def=lp_def, base_logprob_rec=lp_rec,
-            loss_history=losses, drift_history=drifts,
+            loss_history=losses, drift_history=drifts, within_threshold=best_step >= 0,
         ), Perturbation(best[0].cpu(), None)

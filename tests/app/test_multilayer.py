@@ -208,11 +208,11 @@ def test_attribution_asks_for_an_sae_when_no_clamp_reads_the_delta_layer(lab_env
     assert at.button(key="start_attribution").disabled
     for typed, says in (("", "Type an SAE that reads blocks.0.hook_resid_post"),
                         (L2, "reads blocks.2.hook_resid_post, but δ sits at blocks.0.hook_resid_post")):
-        at.text_input(key="attr_sae").input(typed).run()
+        at.text_input(key=next(t.key for t in at.text_input if t.key.startswith("attr_sae"))).input(typed).run()
         errors = [e.value for e in at.error]
         assert any(says in e for e in errors) and not any("--" in e for e in errors), errors
         assert at.button(key="start_attribution").disabled
-    at.text_input(key="attr_sae").input("tiny:blocks.0.hook_resid_post").run()
+    at.text_input(key=next(t.key for t in at.text_input if t.key.startswith("attr_sae"))).input("tiny:blocks.0.hook_resid_post").run()
     assert not at.error and not at.button(key="start_attribution").disabled
     at.text_input(key="attr_k").input("2")
     at.button(key="start_attribution").click().run()
@@ -250,3 +250,18 @@ def test_direction_search_makes_a_multi_layer_clamp_set_in_one_click(lab_env):
     assert [r["sae"] for r in rows] == [L1, L2] and all(len(r["features"]) == 2 and r["mode"] == "set" for r in rows)
     assert at.session_state["clamp"]["origin"] == "direction search"
     assert [list(chosen[chosen["layer"] == k]["feature"]) for k in (1, 2)] == [r["features"] for r in rows]
+    # multiply mode: the same search clamps ×m; any warning (features off where the clamp acts) has no command-line flag
+    at.selectbox(key="dir_mode").set_value("multiply").run()
+    at.button(key="dir_go").click().run()
+    assert wait_job("direction", timeout=300).status == "done"
+    at.run()
+    assert not any("--" in w.value for w in at.warning)
+    at.button(key="dir_use").click().run()
+    assert all(r["mode"] == "multiply" and r["values"] == [3.0, 3.0] for r in clamp_rows(at))
+
+
+def test_engine_warnings_lose_their_command_line_flags_on_a_page():
+    from ui.validate import without_flags
+
+    assert without_flags("use the set mode (--mode set). E.g. 3") == "use the set mode. E.g. 3"
+    assert without_flags("no flag here (really)") == "no flag here (really)"
