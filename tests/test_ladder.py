@@ -280,3 +280,14 @@ def test_activation_cache_is_read_without_pickle(ladder, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k) or real_load(*a, **k))
     data = collected(None, [], ["blocks.1.hook_resid_post"], TrainConfig(), ladder["work"], path.stem.removeprefix("acts-"))
     assert seen == [{"weights_only": True}] and data.acts["blocks.1.hook_resid_post"].dtype == torch.float32
+
+
+def test_the_recipe_shows_progress_bars_for_its_long_steps(tmp_path, monkeypatch, capfd):
+    """Own answers, activation collection and SAE training each draw a progress bar on stderr (the JSON on stdout)."""
+    monkeypatch.setenv("SAE_LAB_CACHE", str(tmp_path / "cache"))
+    assert recipe_main(["ladder", "--model", "tiny", "--widths", "8", "--ks", "4", "--work", str(tmp_path / "work")]) == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out)["entries"]
+    frames = err.replace("\r", "\n").splitlines()  # tqdm redraws its line with carriage returns
+    for bar in ("own answers", "collect activations", "train blocks."):
+        assert any(f.startswith(bar) and "100%" in f for f in frames), bar

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,12 +118,16 @@ def own_answers(
         if data.get("key") == key:
             logger.info("own answers: %d from cache %s", len(data["answers"]), cache)
             return data["answers"]
+    from tqdm.auto import tqdm
+
     answers: dict[str, str] = {}
     gen = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    for g in generate(lm, list(prompts), gen):
-        answers[prompts[g.index]] = g.text.strip()
-        if len(answers) % batch_size == 0:
-            logger.info("own answers: %d/%d", len(answers), len(prompts))
+    with tqdm(total=len(prompts), desc="own answers", unit="prompt", file=sys.stderr) as bar:
+        for g in generate(lm, list(prompts), gen):
+            answers[prompts[g.index]] = g.text.strip()
+            bar.update(1)
+            if len(answers) % batch_size == 0:
+                logger.info("own answers: %d/%d", len(answers), len(prompts))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"key": key, "answers": answers}))

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from engine.errors import LabError
 from engine.lm.models import DEFAULT_MODEL_ID, LoadedModel
@@ -121,6 +123,7 @@ def collect(lm: LoadedModel, convs: Sequence[Conversation], hooks: Sequence[str]
     chunks: dict[str, list[Tensor]] = {h: [] for h in hooks}
     meta: list[tuple[int, int, int, bool]] = []
     t0, done = time.time(), 0
+    bar = tqdm(total=len(order), desc="collect activations", unit="conv", file=sys.stderr)
     for start in range(0, len(order), cfg.collect_batch):
         rows = order[start : start + cfg.collect_batch]
         batch = lm.batch([convs[i].ids for i in rows])
@@ -137,8 +140,10 @@ def collect(lm: LoadedModel, convs: Sequence[Conversation], hooks: Sequence[str]
                 chunks[h].append(cache[h][b, idx].float().cpu())
             meta.extend((ci, p, convs[ci].labels[p], convs[ci].split == "heldout") for p in pos)
         done += sum(len(convs[i].ids) for i in rows)
+        bar.update(len(rows))
         if (start // cfg.collect_batch) % 10 == 0:
             logger.info("collect: %d/%d conversations, %d tokens, %.0f s", start + len(rows), len(convs), done, time.time() - t0)
+    bar.close()
     acts = {h: torch.cat(chunks[h]) for h in hooks}
     meta_t = torch.tensor([(c, p, lab, int(ho)) for c, p, lab, ho in meta])
     # outliers at any hook are dropped everywhere, so every hook sees the same positions
@@ -165,16 +170,21 @@ def batches(data: Float[Tensor, "n d"], batch_size: int, seed: int) -> Iterator[
 
 
 class _LoggingIterator:
-    """Wraps the batch iterator to log progress through ``logging`` every ``every`` batches."""
+    """Wraps the batch iterator: a progress bar on stderr, and a log line every ``every`` batches."""
 
     def __init__(self, it: Iterator[Tensor], total_steps: int, hook: str, every: int = 50):
         self.it, self.total, self.hook, self.every, self.n, self.t0 = it, total_steps, hook, every, 0, time.time()
+        self.bar = tqdm(total=total_steps, desc=f"train {hook}", unit="step", file=sys.stderr)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> Tensor:
         self.n += 1
+        if self.n <= self.total:
+            self.bar.update(1)
+        if self.n == self.total:
+            self.bar.close()
         if self.n % self.every == 0:
             logger.info("train %s: step %d/%d, %.0f s", self.hook, self.n, self.total, time.time() - self.t0)
         return next(self.it)
