@@ -89,7 +89,7 @@ class RecoveryConfig:
     correction_steps: int = 6
     """``jacobian``: drift corrections after every step: at most this many Gauss–Newton restorations (fewer when the
     held drift is already under ``restore_below`` × the threshold; 6: at 3 the hardest AdvBench flip of the first 24
-    was never held past step 2, at 6 it was held and recovered, docs/RECOVERY.md), or this many Adam steps on the
+    was never held past step 2, at 6 it was held and recovered, docs/CROSS_LAYER_LOG.md), or this many Adam steps on the
     relative drift alone (the paper: 5 Adam steps)."""
     correction_lr: float = 0.05
     """``jacobian``: learning rate of the drift-correction steps (the paper: 0.05)."""
@@ -105,11 +105,11 @@ class RecoveryConfig:
     gn_damping: float = 1e-3
     """``jacobian`` + ``gauss-newton``: damping μ as a fraction of the Rayleigh quotient rᵀAAᵀr/rᵀr. 1e-3 (nearly plain
     Gauss–Newton): with ≤ 6 iterations it held and recovered the two harmless flips that ≤ 3 never held, and 0.1 (the
-    default of stops 21–22) lost AdvBench flips 2, 6 and 12 that 1e-3 recovered (docs/RECOVERY.md, stop 22)."""
+    default of stops 21–22) lost AdvBench flips 2, 6 and 12 that 1e-3 recovered (docs/CROSS_LAYER_LOG.md, stop 22)."""
     gn_damping_decay: float = 1.0
     """``jacobian`` + ``gauss-newton``: each further restoration within a step multiplies the damping by this
     (Levenberg–Marquardt: a prompt still not held after a damped iteration gets a step nearer plain Gauss–Newton);
-    1 keeps it constant: 0.1 lost the flip that 6 constant iterations recovered (docs/RECOVERY.md)."""
+    1 keeps it constant: 0.1 lost the flip that 6 constant iterations recovered (docs/CROSS_LAYER_LOG.md)."""
     suffix_tokens: int = 8
     """``soft-suffix``: number of soft tokens appended to the instruction."""
     batch_size: int = 4

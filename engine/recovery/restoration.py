@@ -1,7 +1,7 @@
 r"""Gauss–Newton restoration of the later clamps: a null-space solve of the linearised cross-layer constraint.
 
 The paper's correction steps descend the relative drift with Adam; on the default model they leave the layer-20
-drift at 0.12–0.24 for the flips that need a large δ (docs/RECOVERY.md). This stronger variant
+drift at 0.12–0.24 for the flips that need a large δ (docs/CROSS_LAYER_LOG.md). This stronger variant
 (``--correction gauss-newton``) instead moves δ, after every recovery step, by the **smallest** change that cancels
 the later clamps' drift to first order:
 
@@ -20,7 +20,7 @@ Up to ``correction_steps`` Gauss–Newton iterations are run per recovery step (
 The i-th iteration within a step multiplies it by ``gn_damping_decay``^i (Levenberg–Marquardt: a prompt a damped
 step left unheld gets a step nearer plain Gauss–Newton next). Default 1: on the default model the later iterations'
 residual lies in the constraint's weak directions, where a smaller μ left CG unconverged and the prompt unheld;
-more iterations at the same μ held it (docs/RECOVERY.md, stop 22).
+more iterations at the same μ held it (docs/CROSS_LAYER_LOG.md, stop 22).
 
 **Restore until held** (``restore_below``): a prompt is restored only while its held drift — the later clamps'
 activation drift that keep-best reads — is above ``restore_below`` × the drift threshold, and the iterations stop
