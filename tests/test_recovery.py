@@ -179,6 +179,10 @@ def test_soft_suffix_baseline_runs_and_improves_loss(tiny_lm, tiny_jumprelu, fli
     assert len(results) == 2
     for r in results:
         assert r.loss_history[-1] < r.loss_history[0]
+        assert r.within_threshold is True  # no threshold
+    # a threshold no suffix step meets (each moves the clamped features): the last step is kept, and flagged
+    tight = [r for r, _ in recover_flips(tiny_lm, [spec], flips[:1], dataclasses.replace(cfg, steps=3, drift_threshold=1e-12))]
+    assert tight[0].best_step == -1 and tight[0].within_threshold is False
 
 
 @pytest.mark.parametrize(
