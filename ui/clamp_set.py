@@ -124,6 +124,16 @@ def set_rows(lm, rows: list[dict], origin: str, bump: bool = True) -> None:
                              "next_id": next_id}
 
 
+def apply_rows(lm, sae, rows: list[dict], name: str, add: bool) -> None:
+    """Make ``rows`` the clamp set (``add``: append them to it) after the engine's checks (no feature twice at one hook,
+    values, widths; a LabError leaves the set as it was); the origin names ``name``."""
+    cur = clamp_state(lm, sae)
+    if add:
+        rows = engine_rows(cur["rows"]) + rows
+    specs(lm, rows)
+    set_rows(lm, rows, f"{cur['origin']} + {name}" if add and cur["rows"] else name)
+
+
 def add_row(lm, sae, spec: str) -> None:
     """An empty row for ``spec`` (a draft: the editor's Apply refuses it until it has features)."""
     cur = clamp_state(lm, sae)

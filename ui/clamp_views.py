@@ -131,15 +131,10 @@ def presets_section(lm, sae) -> None:
             if load or add:
                 kind, path = choices[choice]
                 try:
-                    rows = clamp_set.preset_rows(sae, kind, path)
-                    cur = clamp_set.clamp_state(lm, sae)
-                    if add:
-                        rows = clamp_set.engine_rows(cur["rows"]) + rows
-                    clamp_set.specs(lm, rows)
                     shipped = choice.startswith("shipped:")
                     name = "the SAE's shipped preset" if kind == "single" and shipped else \
                         f"{'shipped ' if shipped else ''}preset '{path.stem}'"
-                    clamp_set.set_rows(lm, rows, f"{cur['origin']} + {name}" if add and cur["rows"] else name)
+                    clamp_set.apply_rows(lm, sae, clamp_set.preset_rows(sae, kind, path), name, add)
                     st.rerun()
                 except LabError as exc:
                     st.error(f"Preset not loaded: {exc}")

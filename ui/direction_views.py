@@ -8,19 +8,13 @@ the same engine calls as ``python -m engine features direction`` (``engine.featu
 
 from __future__ import annotations
 
-import typing
-
 import pandas as pd
 import streamlit as st
 
 from engine.errors import LabError
-from ui import clamp_set, state, validate
+from ui import clamp_set, feature_views, state, validate
 
 RESULT = "direction_result"
-
-
-def _choices(cls, name: str) -> list[str]:
-    return list(typing.get_args(typing.get_type_hints(cls)[name]))
 
 
 def direction_tab(lm, sidebar_sae, sae) -> None:
@@ -38,18 +32,18 @@ def direction_tab(lm, sidebar_sae, sae) -> None:
     c1, c2, c3, c4 = st.columns(4)
     layer = form.number(c1, "Direction layer", "dir_layer", sae.layer, says="Direction layer",
                         check=validate.between(0, lm.n_layers - 1, "Direction layer", f"the model has {lm.n_layers} layers"))
-    source = c2.selectbox("Direction from", _choices(DirectionConfig, "source"), key="dir_source",
+    source = c2.selectbox("Direction from", validate.field_choices(DirectionConfig, "source"), key="dir_source",
                           format_func={"answers": "refusal vs own answers (tokens)",
                                        "prompts": "harmful vs harmless prompts (last token)"}.get)
-    rerank = c3.selectbox("Re-rank", _choices(DirectionConfig, "rerank"), key="dir_rerank",
+    rerank = c3.selectbox("Re-rank", validate.field_choices(DirectionConfig, "rerank"), key="dir_rerank",
                           format_func={"none": "decoder cosine only", "grad-x-act": "by attribution (grad × act)"}.get)
     n_prompts = form.number(c4, "Prompts (built-in)", "dir_prompts", 12, says="Prompts",
                             check=validate.between(2, n_builtin, "Prompts", f"the built-in harmless set has {n_builtin}"))
     c1, c2, c3, c4 = st.columns(4)
     top_k = form.number(c1, "Top K", "dir_k", 10, says="Top K", check=validate.at_least_one("Top K"))
-    per = c2.selectbox("K per", _choices(SelectionConfig, "per"), key="dir_per",
+    per = c2.selectbox("K per", validate.field_choices(SelectionConfig, "per"), key="dir_per",
                        format_func={"sae": "SAE (K from each)", "overall": "all SAEs together (the paper: 20 pairs)"}.get)
-    mode = c3.selectbox("Clamp mode", _choices(SelectionConfig, "mode"), key="dir_mode",
+    mode = c3.selectbox("Clamp mode", validate.field_choices(SelectionConfig, "mode"), key="dir_mode",
                         format_func={"set": "set: α × refusal mean", "multiply": "multiply: × m (the paper: 3)"}.get)
     value = form.number(c4, "α (set) or m (multiply)", f"dir_value:{mode}", DEFAULT_VALUES[mode], kind=float, says="Value",
                         check=validate.clamp_value_check)
@@ -75,7 +69,7 @@ def direction_tab(lm, sidebar_sae, sae) -> None:
             state.remember_job("direction_job", job)
             st.session_state.pop(RESULT, None)  # the table shown is always this search's
             st.rerun()
-    _result_fragment(job)
+    feature_views.job_result_fragment(job, RESULT)
     _show_result(lm, sidebar_sae)
 
 
@@ -106,27 +100,6 @@ def _work(lm, saes: dict, cfg, select, n_prompts: int):
     return work
 
 
-def _result_fragment(job) -> None:
-    if job is None:
-        return
-    from ui import render
-
-    ticking = job.running
-
-    @st.fragment(run_every=1.0 if ticking else None)
-    def show() -> None:
-        if job.running:
-            render.job_status(job)
-        elif ticking:
-            st.rerun()
-
-    show()
-    if job.status == "done" and st.session_state.get(f"{RESULT}_job") != job.id:
-        st.session_state[RESULT], st.session_state[f"{RESULT}_job"] = job.result, job.id
-    elif job.status in ("failed", "cancelled"):
-        render.job_status(job)
-
-
 def _show_result(lm, sidebar_sae) -> None:
     result = st.session_state.get(RESULT)
     if not result or result.get("model") not in (None, lm.name):  # another model's features mean nothing here
@@ -141,14 +114,9 @@ def _show_result(lm, sidebar_sae) -> None:
     c1, c2, _ = st.columns([1, 1, 3])
     replace, add = c1.button("Use as the clamp set", key="dir_use"), c2.button("Add to the clamp set", key="dir_add")
     if replace or add:
-        rows = result["rows"]
-        cur = clamp_set.clamp_state(lm, sidebar_sae)
-        if add:
-            rows = clamp_set.engine_rows(cur["rows"]) + rows
         try:
-            clamp_set.specs(lm, rows)  # the engine's checks (no feature twice at one hook, values, widths)
+            clamp_set.apply_rows(lm, sidebar_sae, result["rows"], "direction search", add)
         except LabError as exc:
             st.error(f"Not applied: {exc}")
             return
-        clamp_set.set_rows(lm, rows, f"{cur['origin']} + direction search" if add and cur["rows"] else "direction search")
         st.rerun()

@@ -84,11 +84,11 @@ def contrast_tab(lm, sae) -> None:
         job = jobs.start_job("contrast", work, meta={"sae": sae.source})
         state.remember_job("contrast_job", job)
         st.rerun()
-    _job_result_fragment(job, f"contrast_rows:{sae.source}")  # per SAE: indices of one SAE mean nothing in another
+    job_result_fragment(job, f"contrast_rows:{sae.source}")  # per SAE: indices of one SAE mean nothing in another
     _candidates_table(st.session_state.get(f"contrast_rows:{sae.source}") or [], "contrast", lm, sae, "contrast", "refusal_mean")
 
 
-def _job_result_fragment(job, result_key: str) -> None:
+def job_result_fragment(job, result_key: str) -> None:
     """While ``job`` runs, a progress line that refreshes every second; its result lands in session state."""
     from ui import render
 

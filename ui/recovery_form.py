@@ -4,7 +4,6 @@ for its field (``ui.validate``) before a job can start."""
 from __future__ import annotations
 
 import dataclasses
-import typing
 
 import streamlit as st
 
@@ -34,7 +33,7 @@ def clamp_layers(specs) -> list[int]:
 
 def _choices(name: str) -> list[str]:
     """The allowed values of a ``RecoveryConfig`` field, read from its type (so the form follows the engine)."""
-    return list(typing.get_args(typing.get_type_hints(RecoveryConfig)[name]))
+    return validate.field_choices(RecoveryConfig, name)
 
 
 def _jacobian_settings(d: RecoveryConfig, box, more, form: validate.Form) -> dict:

@@ -12,6 +12,7 @@ a 4608-wide SAE or 1e999 are refused, not rounded or clamped.
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,11 @@ import streamlit as st
 from engine.errors import LabError
 
 _FLAG = re.compile(r"--[a-z][a-z0-9-]*")
+
+
+def field_choices(cls, name: str) -> list[str]:
+    """The allowed values of a config dataclass's ``Literal`` field, read from its type (so a form follows the engine)."""
+    return list(typing.get_args(typing.get_type_hints(cls)[name]))
 
 
 def page_message(exc: Exception | str, label: str, field: str | None = None) -> str:
