@@ -192,6 +192,9 @@ def test_training_samples_name_the_entry_and_its_build_command():
                                    "--general-text 400 --tokens 2000000")
     assert recipe_configs(LadderConfig(training_samples=2_000_000))[1].training_samples == 2_000_000
     assert recipe_configs(LadderConfig())[1].training_samples == 480_000
+    refit = entry_name(9216, 48, refit_decoder=True)
+    assert refit == "w9216-k48-f" and build_command(refit).endswith("--ks 48 --refit-decoder")
+    assert recipe_configs(LadderConfig(refit_decoder=True))[1].refit_decoder and not recipe_configs(LadderConfig())[1].refit_decoder
 
 
 def test_bad_training_sizes_on_the_command_line_are_clear_errors(tmp_path, monkeypatch, capsys):
@@ -232,6 +235,36 @@ def test_dead_latent_resampling_revives_latents_in_a_short_run():
     numbers = f"without resampling {q[0]}, with resampling every 20 steps {q[20]}"
     assert q[20]["dead_fraction"] <= q[0]["dead_fraction"] - 0.2, numbers
     assert q[20]["explained_variance"] >= q[0]["explained_variance"] - 0.02, numbers
+
+
+def test_decoder_refit_keeps_every_gate_and_raises_explained_variance():
+    """The refit changes only W_dec (plus a positive per-latent scale of the encoder): the same latents fire on
+    held-out rows (up to fp16 rounding), an encoder-orthogonal δ still leaves the clamped latents exactly unchanged, and held-out EV rises."""
+    from engine.sae_recipe.serve import quality, refit_decoder, round_weights, serve_as_jumprelu
+    from engine.sae_recipe.train import TrainConfig, train_topk
+
+    x = _toy_activations()
+    train, held = x[:5000], x[5000:]
+    cfg = TrainConfig(d_sae=256, k=4, batch_size=128, training_samples=128 * 150, lr=3e-3, lr_end=3e-4, lr_warm_up_steps=5,
+                      dead_feature_window=10, resample_every=20)
+    served, _ = serve_as_jumprelu(train_topk(train, "blocks.1.hook_resid_post", cfg, model_name="tiny"), train, held, cfg.k)
+    before, fired = quality(served, held), served.encode(held) > 0
+    enc_before = served.W_enc.detach().clone()
+    info = refit_decoder(served, train)
+    round_weights(served)
+    after = quality(served, held)
+    # the same gates up to fp16 rounding of the rescaled weights (a pre-activation within rounding of θ_i): measured 5 of 256 000
+    changed = int(((served.encode(held) > 0) != fired).sum())
+    assert changed <= 1e-4 * fired.numel(), changed
+    assert after["explained_variance"] >= before["explained_variance"] + 0.01, (before, after)
+    assert info["refit_live_latents"] > 0 and torch.allclose(served.W_dec.norm(dim=1), torch.ones(cfg.d_sae), atol=1e-2)
+    assert not torch.allclose(served.W_enc, enc_before)  # the norms were folded into the encoder (the test can fail)
+    S = torch.topk(fired.float().sum(0), 6).indices.tolist()  # the most active latents, so the drift is measured on live ones
+    h = held[:32]
+    P = encoder_projector(served.W_enc[:, S])
+    raw = torch.randn(h.shape, generator=torch.Generator().manual_seed(1)) * 10 * h.norm(dim=-1, keepdim=True) / h.shape[1] ** 0.5
+    assert clamped_drift(served, h, raw.double() @ P, S) < 1e-6
+    assert clamped_drift(served, h, raw, S) > 0.1
 
 
 def test_v2_options_at_their_defaults_keep_the_recorded_settings():

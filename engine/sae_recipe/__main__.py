@@ -71,6 +71,7 @@ def cmd_train(args) -> dict:
     if args.resample_every < 0 or args.general_text < 0:
         raise LabError("the resampling interval and the number of general-text passages must be 0 (off) or positive")
     tcfg.resample_every, ccfg.general_text_passages = args.resample_every, args.general_text
+    tcfg.refit_decoder = args.refit_decoder
     torch.manual_seed(args.seed)
     t_start = time.time()
     lm = load_model("default", "cpu")
@@ -172,6 +173,7 @@ def cmd_ladder(args) -> dict:
     cfg = LadderConfig(
         widths=parse_sizes(args.widths, "widths") or DEFAULT_WIDTHS, ks=parse_sizes(args.ks, "k values") or DEFAULT_KS,
         hook=args.hook, model=args.model, work=args.work, seed=args.seed, resample_every=args.resample_every, training_samples=args.tokens,
+        refit_decoder=args.refit_decoder,
         general_text=args.general_text, preset_ks=parse_sizes(args.preset_ks, "preset K values"), preset_alphas=floats(args.alphas),
         command="python -m engine.sae_recipe ladder " + " ".join(args.argv),
     )
@@ -214,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="recipe v2: resample dead latents every N training steps (default 0: off)")
     t.add_argument("--general-text", dest="general_text", type=int, default=0,
                    help="recipe v2: add N passages of Python's own documentation to the corpus (default 0: off)")
+    t.add_argument("--refit-decoder", dest="refit_decoder", action="store_true",
+                   help="recipe v2: refit the decoder to the served JumpReLU codes by least squares")
     lad = sub.add_parser("ladder", help="train SAEs of several widths / k into the user cache (default:ladder/NAME)")
     lad.add_argument("--widths", default=None, help="SAE widths, e.g. 4608,9216,18432 (the default)")
     lad.add_argument("--ks", default=None, help="TopK k values, e.g. 32 (the default); one SAE per (width, k)")
@@ -226,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     lad.add_argument("--resample-every", dest="resample_every", type=int, default=0, help="recipe v2: resample dead latents every N steps")
     lad.add_argument("--general-text", dest="general_text", type=int, default=0, help="recipe v2: N passages of general offline text")
     lad.add_argument("--tokens", type=int, default=None, help="recipe v2: training samples per SAE (default 480000; names get -tN)")
+    lad.add_argument("--refit-decoder", dest="refit_decoder", action="store_true",
+                     help="recipe v2: refit the decoder to the served JumpReLU codes (names get -f)")
     m = sub.add_parser("preset-multi", help="choose the multi-layer preset (layers 15 and 20) by measurement")
     m.add_argument("--ks-15", dest="ks_15", default=None, help="grid: layer-15 feature counts, e.g. 10,15")
     m.add_argument("--alphas-15", dest="alphas_15", default=None, help="grid: layer-15 multipliers, e.g. 3,4")

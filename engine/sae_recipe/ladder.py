@@ -7,7 +7,8 @@ normal sae_lens folder plus ``quality.json`` and ``preset.json``, loadable as ``
 
 Entry names: ``w{width}-k{k}``, prefixed ``tiny-`` for the tiny model, suffixed ``-L{layer}`` for a hook other than
 the primary ``blocks.15.hook_resid_post`` (tiny: ``blocks.1``), ``-r{N}`` with dead-latent resampling every N steps
-``-g{N}`` with N passages of general text and ``-t{N}`` with N training samples instead of the recipe's 480 000
+``-g{N}`` with N passages of general text, ``-t{N}`` with N training samples instead of the recipe's 480 000 and ``-f`` with
+the decoder refit to the served codes
 (recipe v2, docs/DEFAULT_SAE.md).
 
 Built entries are skipped (resume). An entry is written to a hidden temporary folder and renamed into place when
@@ -50,7 +51,7 @@ TINY_HOOK = "blocks.1.hook_resid_post"
 """Hook of the tiny model's ladder (its middle block)."""
 WORK = {"default": "/tmp/sae-lab-default", "tiny": "/tmp/sae-lab-tiny"}
 """Default ``--work`` per model (the default model shares ``train``'s cache of answers and activations)."""
-_NAME = re.compile(r"^(?:(?P<model>tiny)-)?w(?P<w>\d+)-k(?P<k>\d+)(?:-L(?P<layer>\d+))?(?:-r(?P<r>\d+))?(?:-g(?P<g>\d+))?(?:-t(?P<t>\d+))?$")
+_NAME = re.compile(r"^(?:(?P<model>tiny)-)?w(?P<w>\d+)-k(?P<k>\d+)(?:-L(?P<layer>\d+))?(?:-r(?P<r>\d+))?(?:-g(?P<g>\d+))?(?:-t(?P<t>\d+))?(?P<f>-f)?$")
 QUALITY_KEYS = ("explained_variance", "l0", "dead_fraction", "heldout", "topk_heldout", "jumprelu_per_latent_heldout",
                 "jumprelu_global_heldout", "served", "floors", "meets_floors", "train_seconds", "seconds", "settings")
 """Keys every ladder ``quality.json`` has (docs/DEFAULT_SAE.md, "Width ladder")."""
@@ -84,7 +85,7 @@ class LadderEntry:
 
 
 def entry_name(d_sae: int, k: int, hook: str = PRIMARY, model: str = "default", resample_every: int = 0, general_text: int = 0,
-               training_samples: int | None = None) -> str:
+               training_samples: int | None = None, refit_decoder: bool = False) -> str:
     """The folder name of a rung (see the module docstring)."""
     parts = (["tiny"] if model == "tiny" else []) + [f"w{d_sae}", f"k{k}"]
     if hook != (TINY_HOOK if model == "tiny" else PRIMARY):
@@ -95,6 +96,8 @@ def entry_name(d_sae: int, k: int, hook: str = PRIMARY, model: str = "default", 
         parts.append(f"g{general_text}")
     if training_samples:
         parts.append(f"t{training_samples}")
+    if refit_decoder:
+        parts.append("f")
     return "-".join(parts)
 
 
@@ -172,6 +175,8 @@ def build_command(name: str) -> str:
         cmd += f" --general-text {int(m['g'])}"
     if m["t"]:
         cmd += f" --tokens {int(m['t'])}"
+    if m["f"]:
+        cmd += " --refit-decoder"
     return cmd
 
 
@@ -213,6 +218,8 @@ class LadderConfig:
     """Recipe v2: ``CorpusConfig.general_text_passages`` (0 = off)."""
     training_samples: int | None = None
     """Recipe v2: ``TrainConfig.training_samples`` (activations seen in training); ``None``: the recipe's."""
+    refit_decoder: bool = False
+    """Recipe v2: ``TrainConfig.refit_decoder`` (names get ``-f``)."""
     preset_ks: tuple[int, ...] | None = None
     """Preset grid K; ``None``: the recipe's default (tiny: 2)."""
     preset_alphas: tuple[float, ...] | None = None
@@ -253,7 +260,7 @@ def recipe_configs(cfg: LadderConfig) -> tuple[CorpusConfig, TrainConfig, Preset
     else:
         ccfg, tcfg, pcfg = CorpusConfig(seed=cfg.seed), TrainConfig(seed=cfg.seed), PresetConfig()
     ccfg.general_text_passages = cfg.general_text
-    tcfg = replace(tcfg, resample_every=cfg.resample_every, **cfg.extra)
+    tcfg = replace(tcfg, resample_every=cfg.resample_every, refit_decoder=cfg.refit_decoder, **cfg.extra)
     if cfg.training_samples:
         tcfg = replace(tcfg, training_samples=cfg.training_samples)
     if cfg.preset_ks:
@@ -283,7 +290,8 @@ def _check(cfg: LadderConfig) -> tuple[str, list[tuple[int, int]]]:
 def build_ladder(cfg: LadderConfig, lm: LoadedModel | None = None) -> list[LadderResult]:
     """Build every missing (width, k) entry of ``cfg``; built ones are skipped. ``lm``: an already loaded model."""
     hook, pairs = _check(cfg)
-    names = {p: entry_name(p[0], p[1], hook, cfg.model, cfg.resample_every, cfg.general_text, cfg.training_samples) for p in pairs}
+    names = {p: entry_name(p[0], p[1], hook, cfg.model, cfg.resample_every, cfg.general_text, cfg.training_samples,
+                                 cfg.refit_decoder) for p in pairs}
     root = ladder_root()
     root.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[int, int], LadderResult] = {}

@@ -124,10 +124,16 @@ def build_sae(lm: LoadedModel, prep: Prepared, hook: str, tcfg: TrainConfig, pcf
         logger.info("trained TopK SAE from cache %s", ckpt)
     topk = TopKSAE.load_from_disk(str(ckpt))  # the same object whether just trained or cached
     served, report = serve_as_jumprelu(topk, x[prep.calib_idx], x[data.heldout], tcfg.k)
+    if tcfg.refit_decoder:  # recipe v2: the decoder refit to the served codes (same gates, so zero drift still holds)
+        from engine.sae_recipe.serve import quality, refit_decoder, round_weights
+
+        report["refit"] = refit_decoder(served, x[~data.heldout])
+        round_weights(served)
+        report["refit_heldout"] = quality(served, x[data.heldout])
     loaded = LoadedSAE(served, f"default:{hook}", hook)
     mask = ~data.heldout
     preset = choose_preset(lm, loaded, x[mask & (data.label == REFUSAL)], x[mask & (data.label == ANSWER)], prep.validation, pcfg)
-    q = report[f"jumprelu_{report['served']}_heldout"]
+    q = report.get("refit_heldout") or report[f"jumprelu_{report['served']}_heldout"]
     quality = {"heldout": q, **report, "floors": FLOORS, "meets_floors": meets_floors(q), "train_seconds": round(time.time() - t0, 1)}
     if train_seconds is not None:
         quality["topk_train_seconds"] = train_seconds

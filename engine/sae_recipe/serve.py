@@ -115,6 +115,50 @@ def serve_as_jumprelu(topk_sae, calib: Tensor, heldout: Tensor, k: int) -> tuple
     return (per if best == "per_latent" else glob), report
 
 
+@torch.no_grad()
+def refit_decoder(sae, x: Float[Tensor, "n d"], ridge: float = 1e-3, chunk: int = 8192) -> dict:
+    """Recipe v2: refit ``W_dec`` in place to the served JumpReLU codes by ridge least squares on ``x``.
+
+    The thresholds change which latents fire, so the TopK decoder no longer fits the served codes (held-out EV
+    drops ≈ 0.03 from TopK to JumpReLU). With the codes ``Z`` fixed, ``W_dec = argmin ‖Z W − (x − b_dec)‖² +
+    ridge·mean(diag ZᵀZ)·‖W‖²`` is one linear solve. The encoder is not touched except for a positive per-latent
+    scale: the new decoder rows are normalised to unit norm and the norm folded into ``W_enc[:, i]``, ``b_enc[i]``
+    and ``θ_i`` (``z_i = pre_i · 1[pre_i > θ_i]`` scales by the same factor, the gate is unchanged), so every code's
+    support (up to fp16 rounding of the rescaled weights when shipped), the encoder projection of a clamped set and zero
+    drift under it are as before. Latents that never fire
+    on ``x`` keep their rows. ``ZᵀZ`` is accumulated from sparse codes (≈ L0 non-zeros per row).
+    """
+    d_sae = sae.cfg.d_sae
+    gram = torch.zeros(d_sae, d_sae, dtype=torch.float64)
+    cross = torch.zeros(d_sae, x.shape[1], dtype=torch.float64)
+    for s in range(0, x.shape[0], chunk):
+        xb = x[s : s + chunk]
+        z = sae.encode(xb)  # [chunk, d_sae], mostly zeros
+        zt = z.T.to_sparse()
+        gram += torch.sparse.mm(zt, z).double()
+        cross += torch.sparse.mm(zt, xb - sae.b_dec).double()
+    live = gram.diagonal() > 0
+    g = gram[live][:, live]
+    lam = ridge * float(g.diagonal().mean())
+    w_live = torch.linalg.solve(g + lam * torch.eye(len(g), dtype=torch.float64), cross[live]).float()
+    norms = w_live.norm(dim=1).clamp(min=1e-8)
+    idx = torch.nonzero(live).squeeze(1)
+    sae.W_dec[idx] = w_live / norms[:, None]
+    sae.W_enc[:, idx] *= norms
+    sae.b_enc[idx] *= norms
+    sae.threshold[idx] *= norms
+    return {"refit_positions": int(x.shape[0]), "refit_live_latents": int(live.sum()), "ridge": ridge,
+            "mean_row_norm_factor": round(float(norms.mean()), 4)}
+
+
+def round_weights(sae, dtype: torch.dtype = torch.float16):
+    """Round every parameter to ``dtype`` and back, in place (what ships)."""
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(p.to(dtype).float())
+    return sae
+
+
 # ------------------------------------------------------------------------------------------------- writing
 
 

@@ -30,7 +30,7 @@ from engine.sae_recipe.corpus import Conversation
 logger = logging.getLogger(__name__)
 
 
-V2_TRAIN_FIELDS = ("resample_every", "resample_until", "resample_encoder_scale")
+V2_TRAIN_FIELDS = ("resample_every", "resample_until", "resample_encoder_scale", "refit_decoder")
 """Recipe-v2 options: left out of ``to_json`` while at their defaults (off), so existing cache keys and manifests stay."""
 
 
@@ -72,6 +72,8 @@ class TrainConfig:
     resample_encoder_scale: float = 1.0
     """Recipe v2: encoder norm of a resampled latent, as a multiple of the mean live encoder norm (0.2, as for L1
     SAEs, leaves resampled TopK latents below the top k: measured, docs/DEFAULT_SAE.md)."""
+    refit_decoder: bool = False
+    """Recipe v2: after serving, refit the decoder to the JumpReLU codes by least squares (``serve.refit_decoder``)."""
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__
