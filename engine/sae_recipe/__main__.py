@@ -6,6 +6,7 @@ the multi-layer preset, build the width ladder in the user cache, or check their
     python -m engine.sae_recipe ladder [--widths W,..] [--ks K,..] [--hook H] [--model default|tiny] [--work DIR] [--tokens N]
     python -m engine.sae_recipe preset-multi [--ks-15 K,..] [--alphas-15 A,..] [--ks-20 K,..] [--alphas-20 A,..]
                                              [--extra K15:A15:K20:A20,..] [--candidates contrast|direction] [--out DIR]
+    python -m engine.sae_recipe variants --variant KEY=VALUE,... [--variant ...] [--general-text N] [--hook H] [--out FILE]
     python -m engine.sae_recipe verify [--out DIR]
 
 ``train`` builds the chat corpus, collects activations once for all hooks, trains one TopK SAE per hook, serves it
@@ -183,6 +184,21 @@ def cmd_ladder(args) -> dict:
                          "seconds": r.seconds, **r.heldout} for r in results], "seconds": round(time.time() - t0, 1)}
 
 
+def cmd_variants(args) -> dict:
+    from engine.sae_recipe.ladder import TINY_HOOK, WORK
+    from engine.sae_recipe.variants import parse_variant, run_variants
+
+    if args.model not in WORK:
+        raise LabError(f"variants are trained for the default model or the tiny test model, not {args.model!r}")
+    if args.general_text < 0:
+        raise LabError("the number of general-text passages must be 0 (off) or positive")
+    variants = [parse_variant(text) for text in args.variant]
+    work = Path(args.work or WORK[args.model])
+    hook = args.hook or (TINY_HOOK if args.model == "tiny" else PRIMARY)
+    rows = run_variants(variants, hook, args.general_text, work, Path(args.out) if args.out else work / "variants.json", args.model, args.seed)
+    return {"rows": rows}
+
+
 def cmd_verify(args) -> dict:
     out = Path(args.out)
     manifest_path = out / "manifest.json"
@@ -232,6 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     lad.add_argument("--tokens", type=int, default=None, help="recipe v2: training samples per SAE (default 480000; names get -tN)")
     lad.add_argument("--refit-decoder", dest="refit_decoder", action="store_true",
                      help="recipe v2: refit the decoder to the served JumpReLU codes (names get -f)")
+    var = sub.add_parser("variants", help="compare training settings on the cached activations (quality only, no preset)")
+    var.add_argument("--variant", action="append", default=[], required=True,
+                     help="TrainConfig settings, e.g. k=48,d_sae=6144,training_samples=2000000,resample_every=20 (repeatable)")
+    var.add_argument("--hook", default=None, help="hook (default blocks.15.hook_resid_post; tiny model: blocks.1.hook_resid_post)")
+    var.add_argument("--general-text", dest="general_text", type=int, default=0, help="N passages of general offline text in the corpus")
+    var.add_argument("--model", default="default", help="default, or tiny (the test model)")
+    var.add_argument("--work", default=None, help="cache of answers and activations (default as ladder); SAEs go to WORK/variants/")
+    var.add_argument("--out", default=None, help="JSON list the rows are appended to (default WORK/variants.json)")
+    var.add_argument("--seed", type=int, default=0)
     m = sub.add_parser("preset-multi", help="choose the multi-layer preset (layers 15 and 20) by measurement")
     m.add_argument("--ks-15", dest="ks_15", default=None, help="grid: layer-15 feature counts, e.g. 10,15")
     m.add_argument("--alphas-15", dest="alphas_15", default=None, help="grid: layer-15 multipliers, e.g. 3,4")
@@ -248,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv)[1:] if argv is not None else sys.argv[2:]  # the options after the sub-command
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        result = {"train": cmd_train, "preset-multi": cmd_preset_multi, "ladder": cmd_ladder, "verify": cmd_verify}[args.command](args)
+        result = {"train": cmd_train, "preset-multi": cmd_preset_multi, "ladder": cmd_ladder, "variants": cmd_variants,
+                  "verify": cmd_verify}[args.command](args)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
