@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from engine.errors import LabError
 from engine.paths import cache_dir
-from engine.sae_recipe.pipeline import DEFAULT_HOOKS, PRIMARY
+from engine.sae_recipe.pipeline import PRIMARY
 
 if TYPE_CHECKING:
     from engine.lm.models import LoadedModel
@@ -311,7 +311,7 @@ def _build(cfg: LadderConfig, hook: str, todo: list[tuple[int, int]], names: dic
     from tqdm.auto import tqdm
 
     from engine.lm.loading import load_model
-    from engine.sae_recipe.pipeline import build_sae, prepare
+    from engine.sae_recipe.pipeline import build_sae, prepare_for
     from engine.sae_recipe.serve import write_sae_folder
 
     ccfg, tcfg, pcfg = recipe_configs(cfg)
@@ -319,10 +319,7 @@ def _build(cfg: LadderConfig, hook: str, todo: list[tuple[int, int]], names: dic
     torch.manual_seed(cfg.seed)
     if lm is None:
         lm = load_model(cfg.model, "cpu")
-    if hook not in lm.model.hook_dict:
-        raise LabError(f"model {lm.name} has no hook {hook!r}")
-    collect_hooks = sorted(set(DEFAULT_HOOKS) | {hook}) if cfg.model == "default" else [hook]
-    prep = prepare(lm, ccfg, tcfg, collect_hooks, work, cfg.seed)
+    prep = prepare_for(lm, cfg.model, hook, ccfg, tcfg, work, cfg.seed)
     root = ladder_root()
     out: dict[tuple[int, int], LadderResult] = {}
     for w, k in tqdm(todo, desc="ladder", unit="SAE", file=sys.stderr):

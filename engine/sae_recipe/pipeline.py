@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.errors import LabError
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -90,6 +92,15 @@ def prepare(lm: LoadedModel, ccfg: CorpusConfig, tcfg: TrainConfig, collect_hook
     return Prepared(data, key, calib_idx, split_prompts(ccfg)["heldout"]["harmless"])
 
 
+def prepare_for(lm: LoadedModel, model: str, hook: str, ccfg: CorpusConfig, tcfg: TrainConfig, work: Path, seed: int) -> Prepared:
+    """:func:`prepare` for an SAE at ``hook`` (``ladder`` and ``variants``): a clear error when the model has no such
+    hook; the default model always collects its shipped hooks too, so the activation cache is ``train``'s."""
+    if hook not in lm.model.hook_dict:
+        raise LabError(f"model {lm.name} has no hook {hook!r}")
+    collect_hooks = sorted(set(DEFAULT_HOOKS) | {hook}) if model == "default" else [hook]
+    return prepare(lm, ccfg, tcfg, collect_hooks, work, seed)
+
+
 @dataclass
 class BuiltSAE:
     """One trained, served and measured SAE."""
@@ -125,10 +136,9 @@ def build_sae(lm: LoadedModel, prep: Prepared, hook: str, tcfg: TrainConfig, pcf
     topk = TopKSAE.load_from_disk(str(ckpt))  # the same object whether just trained or cached
     served, report = serve_as_jumprelu(topk, x[prep.calib_idx], x[data.heldout], tcfg.k)
     if tcfg.refit_decoder:  # recipe v2: the decoder refit to the served codes (same gates, so zero drift still holds)
-        from engine.sae_recipe.serve import quality, refit_decoder, round_weights
+        from engine.sae_recipe.serve import quality, refit_decoder
 
         report["refit"] = refit_decoder(served, x[~data.heldout])
-        round_weights(served)
         report["refit_heldout"] = quality(served, x[data.heldout])
     loaded = LoadedSAE(served, f"default:{hook}", hook)
     mask = ~data.heldout

@@ -116,7 +116,7 @@ def serve_as_jumprelu(topk_sae, calib: Tensor, heldout: Tensor, k: int) -> tuple
 
 
 @torch.no_grad()
-def refit_decoder(sae, x: Float[Tensor, "n d"], ridge: float = 1e-3, chunk: int = 8192) -> dict:
+def refit_decoder(sae, x: Float[Tensor, "n d"], ridge: float = 1e-3, chunk: int = 8192, dtype: torch.dtype = torch.float16) -> dict:
     """Recipe v2: refit ``W_dec`` in place to the served JumpReLU codes by ridge least squares on ``x``.
 
     The thresholds change which latents fire, so the TopK decoder no longer fits the served codes (held-out EV
@@ -126,7 +126,8 @@ def refit_decoder(sae, x: Float[Tensor, "n d"], ridge: float = 1e-3, chunk: int 
     and ``θ_i`` (``z_i = pre_i · 1[pre_i > θ_i]`` scales by the same factor, the gate is unchanged), so every code's
     support (up to fp16 rounding of the rescaled weights when shipped), the encoder projection of a clamped set and zero
     drift under it are as before. Latents that never fire
-    on ``x`` keep their rows. ``ZᵀZ`` is accumulated from sparse codes (≈ L0 non-zeros per row).
+    on ``x`` keep their rows. ``ZᵀZ`` is accumulated from sparse codes (≈ L0 non-zeros per row). Every weight ends
+    rounded to ``dtype`` and back (what ships), as :func:`jumprelu_from` leaves them.
     """
     d_sae = sae.cfg.d_sae
     gram = torch.zeros(d_sae, d_sae, dtype=torch.float64)
@@ -147,16 +148,10 @@ def refit_decoder(sae, x: Float[Tensor, "n d"], ridge: float = 1e-3, chunk: int 
     sae.W_enc[:, idx] *= norms
     sae.b_enc[idx] *= norms
     sae.threshold[idx] *= norms
+    for p in sae.parameters():
+        p.copy_(p.to(dtype).float())
     return {"refit_positions": int(x.shape[0]), "refit_live_latents": int(live.sum()), "ridge": ridge,
             "mean_row_norm_factor": round(float(norms.mean()), 4)}
-
-
-def round_weights(sae, dtype: torch.dtype = torch.float16):
-    """Round every parameter to ``dtype`` and back, in place (what ships)."""
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(p.to(dtype).float())
-    return sae
 
 
 # ------------------------------------------------------------------------------------------------- writing

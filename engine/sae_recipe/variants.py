@@ -60,9 +60,10 @@ def run_variants(variants: list[dict], hook: str, general_text: int, work: Path,
 
     from engine.lm.loading import load_model
     from engine.sae_recipe.ladder import LadderConfig, recipe_configs, rungs
-    from engine.sae_recipe.pipeline import DEFAULT_HOOKS, prepare
-    from engine.sae_recipe.serve import quality, refit_decoder, round_weights, serve_as_jumprelu, write_sae_folder
+    from engine.sae_recipe.pipeline import prepare_for
+    from engine.sae_recipe.serve import quality, refit_decoder, serve_as_jumprelu, write_sae_folder
     from engine.sae_recipe.train import train_topk
+    from engine.store.files import write_json
 
     rows: list[dict] = json.loads(out.read_text()) if out.is_file() else []
     tags = {r["tag"] for r in rows}
@@ -76,11 +77,7 @@ def run_variants(variants: list[dict], hook: str, general_text: int, work: Path,
         rungs((cfg.d_sae,), (cfg.k,))
     torch.manual_seed(seed)
     lm = lm or load_model(model, "cpu")
-    if hook not in lm.model.hook_dict:
-        raise LabError(f"model {lm.name} has no hook {hook!r}")
-    # the default model's shipped hooks are always collected together, so the activation cache is train's
-    collect_hooks = sorted(set(DEFAULT_HOOKS) | {hook}) if model == "default" else [hook]
-    prep = prepare(lm, ccfg, base, collect_hooks, work, seed)
+    prep = prepare_for(lm, model, hook, ccfg, base, work, seed)
     data, x = prep.data, prep.data.acts[hook]
     chat = data.conv < ccfg.n_train + ccfg.n_heldout  # general-text sequences come after the conversations
     held, held_chat, train = x[data.heldout], x[data.heldout & chat], x[~data.heldout]
@@ -97,13 +94,10 @@ def run_variants(variants: list[dict], hook: str, general_text: int, work: Path,
         write_sae_folder(served, folder / "served", {})
         t1 = time.time()
         row["refit"] = {**refit_decoder(served, train), "seconds": round(time.time() - t1, 1)}
-        round_weights(served)
         row["refit"].update(heldout=quality(served, held), heldout_chat=quality(served, held_chat))
         write_sae_folder(served, folder / "refit", {})
         rows.append(row)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        tmp.replace(out)  # a crash mid-write never truncates the finished rows
+        write_json(out, rows)  # atomic: a crash mid-write never truncates the finished rows
         logger.info("variant %s: served EV %.4f, refit EV %.4f", tag, row["served"]["explained_variance"], row["refit"]["heldout"]["explained_variance"])
     return rows
