@@ -11,6 +11,9 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,8 +28,6 @@ logger = logging.getLogger(__name__)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_VERSION = 1
-
-
 
 
 def gguf_path() -> Path:
@@ -72,29 +73,68 @@ def _default_cache() -> Path:
     return cache_dir() / f"smollm2-135m-instruct-v{_CACHE_VERSION}"
 
 
+def _valid_cache_meta(cached: Path, stamp: dict) -> dict | None:
+    """The cache's meta.json when it is complete and made from this GGUF and cache version, else None."""
+    try:
+        meta = json.loads((cached / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if meta.get("stamp") != stamp or not (cached / "model.safetensors").is_file():
+        return None
+    return meta
+
+
+def publish_cache(cached: Path, stamp: dict, write: Callable[[Path], None]) -> None:
+    """Fill a private temporary folder with ``write`` and rename it to ``cached``, safe against concurrent loads.
+
+    Two commands started together on a fresh machine both convert the GGUF. Each writes its own folder, so
+    neither can delete the other's half-written files; the rename makes the cache appear whole or not at all.
+    When another process published a valid cache meanwhile, ours is dropped and theirs (identical) is kept,
+    so a reader that already checked it never sees it renamed away. Only a stale cache is replaced.
+    """
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", suffix=".tmp", dir=cached.parent))
+    stale: Path | None = None
+    try:
+        write(tmp)
+        if _valid_cache_meta(cached, stamp) is not None:
+            logger.info("another process wrote the default model's cache first; keeping it")
+            return
+        if cached.exists():
+            stale = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", suffix=".stale", dir=cached.parent))
+            try:
+                cached.rename(stale / cached.name)
+            except FileNotFoundError:  # another writer moved it first
+                pass
+        try:
+            tmp.rename(cached)
+        except OSError:  # a concurrent writer renamed its folder in between: it is as good as ours
+            if _valid_cache_meta(cached, stamp) is None:
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def load_default(device: torch.device) -> LoadedModel:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     src = gguf_path()
     cached = _default_cache()
-    meta_file = cached / "meta.json"
     stamp = {"gguf_size": src.stat().st_size, "version": _CACHE_VERSION}
-    if meta_file.is_file():
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError:
-            meta = {}
-        if meta.get("stamp") == stamp and (cached / "model.safetensors").is_file():
-            tokenizer = AutoTokenizer.from_pretrained(cached / "tokenizer")
-            cfg = _default_cfg(meta["hf_config"], device, normalization="RMSPre")
-            model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-            model.load_state_dict(load_file(cached / "model.safetensors"), strict=False)
-            model.to(device, print_details=False)
-            accelerate(model)
-            model.eval()
-            logger.info("loaded default model from cache %s", cached)
-            return LoadedModel(name=DEFAULT_MODEL_ID, model=model, tokenizer=tokenizer, device=device)
+    meta = _valid_cache_meta(cached, stamp)
+    if meta is not None:
+        tokenizer = AutoTokenizer.from_pretrained(cached / "tokenizer")
+        cfg = _default_cfg(meta["hf_config"], device, normalization="RMSPre")
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+        model.load_state_dict(load_file(cached / "model.safetensors"), strict=False)
+        model.to(device, print_details=False)
+        accelerate(model)
+        model.eval()
+        logger.info("loaded default model from cache %s", cached)
+        return LoadedModel(name=DEFAULT_MODEL_ID, model=model, tokenizer=tokenizer, device=device)
     return _convert_default(src, cached, stamp, device)
 
 
@@ -124,18 +164,14 @@ def _convert_default(src: Path, cached: Path, stamp: dict, device: torch.device)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(convert_llama_weights(hf, cfg))
     del hf
-    # Write the cache atomically: a half-written file must never be mistaken for a good one.
-    tmp = cached.with_name(cached.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"))
-    tokenizer.save_pretrained(tmp / "tokenizer")
-    (tmp / "meta.json").write_text(json.dumps({"stamp": stamp, "hf_config": hf_config}))
-    if cached.exists():
-        import shutil
 
-        shutil.rmtree(cached)
-    tmp.rename(cached)
+    def write(folder: Path) -> None:
+        save_file(state, str(folder / "model.safetensors"))
+        tokenizer.save_pretrained(folder / "tokenizer")
+        (folder / "meta.json").write_text(json.dumps({"stamp": stamp, "hf_config": hf_config}))
+
+    publish_cache(cached, stamp, write)
     model.to(device, print_details=False)
     accelerate(model)
     model.eval()
