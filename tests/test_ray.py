@@ -28,8 +28,9 @@ RAY = ["--executor", "ray", "--workers", "2"]
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray cluster for this module; shut down (with every worker process) at the end."""
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    from engine.scale.pool import connect
+
+    assert connect(ExecutorConfig("ray", workers=2))  # the local cluster a command starts for itself
     yield
     ray.shutdown()
 
@@ -45,6 +46,12 @@ def run(cluster, tmp_path_factory) -> Path:
 
 def _records(run: Path, name: str, file: str = "recovery.jsonl") -> list[dict]:
     return read_jsonl(get_record(run, name).path / file)
+
+
+def test_local_cluster_workers_run_at_the_commands_own_priority(cluster):
+    """Ray's default worker niceness is 15: beside another job the workers got half the CPU a local run gets."""
+    niceness = ray.get(ray.remote(lambda: os.nice(0)).remote())
+    assert niceness == os.nice(0)
 
 
 def test_ray_recovery_writes_the_same_records_as_local(run, capsys):
