@@ -62,6 +62,32 @@ def test_verify_detects_a_changed_file(tmp_path, capsys):
     assert "preset.json" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ks", "10,x"], "--ks: expected comma-separated numbers, got '10,x'"),
+        (["--alphas", "0,3"], "--alphas: every value must be positive"),
+        (["--hook", "blocks.3.hook_resid_post"], "no SAE at"),
+    ],
+)
+def test_preset_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, message):
+    """``preset`` re-chooses a shipped SAE's preset; a bad grid or hook fails before the model loads, files untouched."""
+    out = tmp_path / "sae"
+    shutil.copytree(DEFAULT_SAE_DIR, out)
+    before = {p: p.read_bytes() for p in out.rglob("*.json")}
+    assert default_main(["preset", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert {p: p.read_bytes() for p in out.rglob("*.json")} == before
+
+
+def test_preset_without_a_manifest_says_the_corpus_is_unknown(tmp_path, capsys):
+    out = tmp_path / "sae"
+    shutil.copytree(DEFAULT_SAE_DIR / PRIMARY, out / PRIMARY)
+    assert default_main(["preset", "--out", str(out)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("hook", DEFAULT_HOOKS)
 def test_loads_with_sae_lens_as_jumprelu(hook):
     sae = _load(hook)

@@ -1,9 +1,10 @@
-"""``python -m engine.sae_recipe train|preset-multi|ladder|verify``: reproduce the shipped default SAEs offline, choose
+"""``python -m engine.sae_recipe train|preset|preset-multi|ladder|variants|verify``: reproduce the shipped default SAEs offline, choose
 the multi-layer preset, build the width ladder in the user cache, or check their hashes.
 
     python -m engine.sae_recipe train [--hook H ...] [--tokens N] [--d-sae W] [--k K] [--out DIR] [--work DIR] [--resample-every N]
                                       [--general-text N]
     python -m engine.sae_recipe ladder [--widths W,..] [--ks K,..] [--hook H] [--model default|tiny] [--work DIR] [--tokens N]
+    python -m engine.sae_recipe preset [--hook H] [--ks K,..] [--alphas A,..] [--out DIR] [--work DIR]
     python -m engine.sae_recipe preset-multi [--ks-15 K,..] [--alphas-15 A,..] [--ks-20 K,..] [--alphas-20 A,..]
                                              [--extra K15:A15:K20:A20,..] [--candidates contrast|direction] [--out DIR]
     python -m engine.sae_recipe variants --variant KEY=VALUE,... [--variant ...] [--general-text N] [--hook H] [--out FILE]
@@ -108,19 +109,65 @@ def cmd_train(args) -> dict:
     return {"written": str(out), "saes": manifest["saes"], "seconds": manifest["total_seconds_last_run"]}
 
 
+def _grid(text: str | None, cast, what: str) -> tuple | None:
+    try:
+        values = tuple(cast(v) for v in text.split(",") if v.strip()) if text else None
+    except ValueError:
+        raise LabError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+    if values is not None and (not values or any(v <= 0 for v in values)):
+        raise LabError(f"{what}: every value must be positive, got {text!r}")
+    return values
+
+
+def cmd_preset(args) -> dict:
+    """Re-choose one shipped SAE's ``preset.json`` on a new (K, α) grid without retraining it: the same contrast
+    search and validation prompts as ``train``, on the activation cache of the corpus recorded in the manifest."""
+    from engine.lm.loading import load_model
+    from engine.lm.sae_sources import load_sae
+    from engine.sae_recipe.corpus import ANSWER, REFUSAL, CorpusConfig
+    from engine.sae_recipe.pipeline import prepare
+    from engine.sae_recipe.preset import PresetConfig, choose_preset
+    from engine.sae_recipe.train import TrainConfig
+
+    out = Path(args.out)
+    folder, manifest_path = out / args.hook, out / "manifest.json"
+    if not (folder / "cfg.json").is_file():
+        raise LabError(f"no SAE at {folder}; train it first (python -m engine.sae_recipe train --hook {args.hook})")
+    if not manifest_path.is_file():
+        raise LabError(f"no manifest.json in {out}: the corpus the SAE was trained on is unknown")
+    manifest = json.loads(manifest_path.read_text())
+    pcfg = PresetConfig()
+    pcfg.ks = _grid(args.ks, int, "--ks") or pcfg.ks
+    pcfg.alphas = _grid(args.alphas, float, "--alphas") or pcfg.alphas
+    corpus = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["recipe"]["corpus"].items()}
+    ccfg, tcfg = CorpusConfig(**corpus), TrainConfig(seed=manifest["seeds"]["train"])
+    t0 = time.time()
+    lm = load_model("default", "cpu")
+    prep = prepare(lm, ccfg, tcfg, sorted(set(DEFAULT_HOOKS) | {args.hook}), Path(args.work), manifest["seeds"]["torch"])
+    sae = load_sae(str(folder), lm)
+    data, x, mask = prep.data, prep.data.acts[args.hook], ~prep.data.heldout
+    preset = choose_preset(lm, sae, x[mask & (data.label == REFUSAL)], x[mask & (data.label == ANSWER)], prep.validation, pcfg)
+    command = ("python -m engine.sae_recipe preset " + " ".join(args.argv)).strip()
+    preset["command"] = command
+    (folder / "preset.json").write_text(json.dumps(preset, indent=2))
+    entry = manifest.setdefault("saes", {}).setdefault(args.hook, {})
+    entry.update({"k": preset["k"], "alpha": preset["alpha"], "preset_grid": pcfg.to_json(), "preset_command": command})
+    manifest["files"] = _file_hashes(out)
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    best = next(g for g in preset["selection"]["grid"] if (g["k"], g["alpha"]) == (preset["k"], preset["alpha"]))
+    return {"written": str(folder / "preset.json"), "k": preset["k"], "alpha": preset["alpha"],
+            "fluent_refusals": best["fluent_refusals"], "degenerate": best["degenerate"], "n": best["n"],
+            "grid": [{k: g[k] for k in ("k", "alpha", "refusals", "fluent_refusals", "degenerate")} for g in preset["selection"]["grid"]],
+            "seconds": round(time.time() - t0, 1)}
+
+
 def cmd_preset_multi(args) -> dict:
     from engine.lm.loading import load_model
     from engine.lm.sae_sources import load_sae
     from engine.sae_recipe.corpus import CorpusConfig, split_prompts
     from engine.sae_recipe.multi_preset import HIGH, LOW, NAME, MultiPresetConfig, choose_multi_preset
 
-    def numbers(text: str | None, cast):
-        try:
-            return tuple(cast(v) for v in text.split(",") if v.strip()) if text else None
-        except ValueError:
-            raise LabError(f"expected comma-separated numbers, got {text!r}") from None
-
-    grid = {name: numbers(getattr(args, name), int if name.startswith("ks") else float)
+    grid = {name: _grid(getattr(args, name), int if name.startswith("ks") else float, "--" + name.replace("_", "-"))
             for name in ("ks_15", "alphas_15", "ks_20", "alphas_20")}
     extra = []
     for item in (args.extra or "").split(","):
@@ -257,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     var.add_argument("--work", default=None, help="cache of answers and activations (default as ladder); SAEs go to WORK/variants/")
     var.add_argument("--out", default=None, help="JSON list the rows are appended to (default WORK/variants.json)")
     var.add_argument("--seed", type=int, default=0)
+    pr = sub.add_parser("preset", help="re-choose one trained SAE's clamp preset on a new grid (no retraining)")
+    pr.add_argument("--hook", default=PRIMARY, help=f"the SAE's hook (default {PRIMARY})")
+    pr.add_argument("--ks", default=None, help="grid: numbers of features K, e.g. 5,10,15 (default 10,15)")
+    pr.add_argument("--alphas", default=None, help="grid: value multipliers α, e.g. 3,4,5 (default 3,5)")
+    pr.add_argument("--out", default=str(DEFAULT_SAE_DIR), help="folder of the SAEs and manifest.json")
+    pr.add_argument("--work", default="/tmp/sae-lab-default", help="cache of own answers and activations (train's --work)")
     m = sub.add_parser("preset-multi", help="choose the multi-layer preset (layers 15 and 20) by measurement")
     m.add_argument("--ks-15", dest="ks_15", default=None, help="grid: layer-15 feature counts, e.g. 10,15")
     m.add_argument("--alphas-15", dest="alphas_15", default=None, help="grid: layer-15 multipliers, e.g. 3,4")
@@ -273,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv)[1:] if argv is not None else sys.argv[2:]  # the options after the sub-command
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        result = {"train": cmd_train, "preset-multi": cmd_preset_multi, "ladder": cmd_ladder, "variants": cmd_variants,
+        result = {"train": cmd_train, "preset": cmd_preset, "preset-multi": cmd_preset_multi, "ladder": cmd_ladder, "variants": cmd_variants,
                   "verify": cmd_verify}[args.command](args)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
